@@ -1,0 +1,36 @@
+# The whole developer interface: make test, make lint, make demo, make bench.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint format demo bench broker clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/tollgate demo
+
+broker: $(STAMP)
+	$(BIN)/tollgate broker
+
+bench: $(STAMP)
+	$(BIN)/python bench/contract.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

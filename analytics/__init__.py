@@ -1,0 +1,1 @@
+"""Analytics: DuckDB over the Parquet lake, for notebooks and the reporting API."""

@@ -1,0 +1,92 @@
+"""The ``tollgate`` command: one entry point for every Tollgate process."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from tollgate import __version__
+from tollgate.broker import running_broker
+from tollgate.errors import TollgateError
+from tollgate.settings import Settings, load_settings
+
+
+class _Context:
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+
+    def settings(self) -> Settings:
+        return load_settings(config_file=self.config)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tollgate")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="YAML settings file (default: $TOLLGATE_CONFIG). Environment variables win over it.",
+)
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """Tollgate: usage metering and cost governance for AI API calls.
+
+    The gateway meters every AI call onto Kafka; stream workers price it, keep budgets
+    and raise alerts; a Parquet lake answers the questions.
+    """
+    ctx.obj = _Context(config)
+
+
+@cli.command()
+@click.option("--log", type=click.Path(path_type=Path, dir_okay=False), help="Broker log file.")
+@click.pass_obj
+def broker(obj: _Context, log: Path | None) -> None:
+    """Run the embedded Kafka broker with every Tollgate topic, until Ctrl-C.
+
+    If KAFKA_BOOTSTRAP_SERVERS is set, nothing is started: the topics are created on
+    that cluster and the command exits.
+    """
+    settings = obj.settings()
+    with running_broker(settings.kafka, log_path=log) as bootstrap:
+        topics = settings.kafka.topics()
+        click.echo(f"broker ready at {bootstrap} with topics under {topics.usage!r} & co.")
+        if not settings.kafka.embedded:
+            return
+        click.echo(f"  export KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
+        click.echo("embedded broker keeps data in memory only; Ctrl-C stops it.")
+        _wait_for_stop_signal()
+    click.echo("broker stopped.")
+
+
+def _planned(name: str, what: str) -> None:
+    @cli.command(name=name, help=f"{what} (not available in this build yet).")
+    def command() -> None:
+        raise click.UsageError(f"`tollgate {name}` is not available in this build yet.")
+
+
+_planned("up", "Start the whole pipeline on this machine")
+_planned("demo", "Run the pipeline with a fake provider and demo traffic")
+_planned("report", "Serve the reporting API and dashboard over the lake")
+
+
+def _wait_for_stop_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except TollgateError as error:
+        click.echo(f"tollgate: {error}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The event contract: the records every Tollgate service reads and writes.
+
+Events are the source of truth. Services depend on these records and on the topics
+that carry them, never on each other.
+"""
+
+from tollgate.contract.alerts import Alert, AlertKind, Severity
+from tollgate.contract.budgets import (
+    EACH,
+    BudgetAction,
+    BudgetDefinition,
+    BudgetState,
+    BudgetStatus,
+    BudgetWindow,
+    CalendarUnit,
+    Dimension,
+    WindowKind,
+    state_key,
+    subject_key,
+)
+from tollgate.contract.codec import decode, encode
+from tollgate.contract.priced import PricedEvent
+from tollgate.contract.record import Record
+from tollgate.contract.usage import (
+    REJECTED_STATUSES,
+    Operation,
+    Status,
+    UsageEvent,
+    UsageSource,
+)
+
+__all__ = [
+    "EACH",
+    "REJECTED_STATUSES",
+    "Alert",
+    "AlertKind",
+    "BudgetAction",
+    "BudgetDefinition",
+    "BudgetState",
+    "BudgetStatus",
+    "BudgetWindow",
+    "CalendarUnit",
+    "Dimension",
+    "Operation",
+    "PricedEvent",
+    "Record",
+    "Severity",
+    "Status",
+    "UsageEvent",
+    "UsageSource",
+    "WindowKind",
+    "decode",
+    "encode",
+    "state_key",
+    "subject_key",
+]

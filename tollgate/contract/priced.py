@@ -1,0 +1,83 @@
+"""The priced event: a usage event plus what it cost, and which prices said so.
+
+Money is ``Decimal`` end to end (JSON strings on the wire) so totals add up to the cent
+however many events are summed. ``cost_usd`` is exactly the sum of its parts; the parts
+follow the OTel token split: uncached input, cache reads, cache writes, output
+(reasoning included), and a per-call fee.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from tollgate.contract.record import Name, invalid, require_non_negative_usd
+from tollgate.contract.usage import UsageEvent
+
+ZERO_USD = Decimal(0)
+
+
+class PricedEvent(UsageEvent, tag=1, kw_only=True):
+    """A usage event priced by the stream from the versioned price catalog."""
+
+    input_cost_usd: Decimal = ZERO_USD
+    """Uncached input tokens at the input rate."""
+    cache_read_cost_usd: Decimal = ZERO_USD
+    cache_creation_cost_usd: Decimal = ZERO_USD
+    output_cost_usd: Decimal = ZERO_USD
+    """Output tokens, reasoning included (at the reasoning rate where one is set)."""
+    request_cost_usd: Decimal = ZERO_USD
+    """A per-call fee, where the provider charges one."""
+    cost_usd: Decimal = ZERO_USD
+    price_version: Name
+    """The catalog entry that priced this event, so history can be re-priced."""
+    price_fallback: bool = False
+    """True when the model was not in the catalog and the fallback price was used."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parts = {
+            "input_cost_usd": self.input_cost_usd,
+            "cache_read_cost_usd": self.cache_read_cost_usd,
+            "cache_creation_cost_usd": self.cache_creation_cost_usd,
+            "output_cost_usd": self.output_cost_usd,
+            "request_cost_usd": self.request_cost_usd,
+            "cost_usd": self.cost_usd,
+        }
+        for field, value in parts.items():
+            require_non_negative_usd(self, field, value)
+        total = sum(value for field, value in parts.items() if field != "cost_usd")
+        if total != self.cost_usd:
+            invalid(self, "cost_usd", f"is {self.cost_usd} but its parts add up to {total}")
+
+    @classmethod
+    def from_usage(
+        cls,
+        usage: UsageEvent,
+        *,
+        input_cost_usd: Decimal,
+        cache_read_cost_usd: Decimal,
+        cache_creation_cost_usd: Decimal,
+        output_cost_usd: Decimal,
+        request_cost_usd: Decimal,
+        price_version: str,
+        price_fallback: bool = False,
+    ) -> PricedEvent:
+        """Price ``usage``; ``cost_usd`` is computed here so it always equals its parts."""
+        fields = {f: getattr(usage, f) for f in UsageEvent.__struct_fields__}
+        return cls(
+            **fields,
+            input_cost_usd=input_cost_usd,
+            cache_read_cost_usd=cache_read_cost_usd,
+            cache_creation_cost_usd=cache_creation_cost_usd,
+            output_cost_usd=output_cost_usd,
+            request_cost_usd=request_cost_usd,
+            cost_usd=(
+                input_cost_usd
+                + cache_read_cost_usd
+                + cache_creation_cost_usd
+                + output_cost_usd
+                + request_cost_usd
+            ),
+            price_version=price_version,
+            price_fallback=price_fallback,
+        )

@@ -1,0 +1,50 @@
+"""aiokafka client options derived from settings, so every service connects alike."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from tollgate.settings import KafkaSettings
+
+
+def client_options(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, Any]:
+    """Connection and security options shared by producers, consumers and admin clients."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = ssl.create_default_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
+        )
+    if kafka.sasl_mechanism:
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = (
+            kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        )
+    return options
+
+
+def producer_options(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, Any]:
+    """Durable producer defaults: every replica acknowledges, batches are compressed."""
+    return {
+        **client_options(kafka, bootstrap_servers),
+        "acks": "all",
+        "enable_idempotence": kafka.effective_idempotence,
+        "compression_type": "zstd",
+        "linger_ms": 5,
+    }
+
+
+def consumer_options(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, Any]:
+    """Consumer-group defaults; the session timeout decides how long a join takes."""
+    session_ms = int(kafka.effective_session_timeout_s * 1000)
+    return {
+        **client_options(kafka, bootstrap_servers),
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": max(session_ms // 6, 100),
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": False,
+    }

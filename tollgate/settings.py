@@ -1,0 +1,225 @@
+"""One typed settings object, built once at start-up and passed down.
+
+Sources, later ones winning: defaults that run on one machine, an optional YAML file
+(``TOLLGATE_CONFIG`` or ``--config``), then environment variables. Environment names
+are ``TOLLGATE_<SECTION>_<FIELD>`` (sections have no underscore, so the split is
+unambiguous), plus the conventional ``KAFKA_BOOTSTRAP_SERVERS``. An unknown
+``TOLLGATE_`` variable, an unknown YAML key or a bad value stops start-up with a message
+naming the setting. This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from tollgate.errors import SettingsError
+from tollgate.topics import Topics
+
+ENV_PREFIX = "TOLLGATE_"
+CONFIG_ENV = "TOLLGATE_CONFIG"
+BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+"""0 asks the OS for a free port."""
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(Section):
+    """Where the broker is and how clients talk to it."""
+
+    bootstrap_servers: str | None = None
+    """Unset: Tollgate starts its embedded broker. Set: use that cluster."""
+    topic_prefix: str = ""
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 4
+    replication_factor: Annotated[int, Field(ge=1, le=16)] = 1
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    session_timeout_s: Seconds | None = None
+    """Consumer-group session timeout. Unset: 3 s on the embedded broker (whose group
+    joins wait this long), 30 s on a real cluster."""
+    idempotence: bool | None = None
+    """Idempotent producers. Unset: on for a real cluster, off for the embedded broker,
+    whose memory engine refuses InitProducerId."""
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Self:
+        if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
+            raise ValueError("sasl_mechanism is set but sasl_username/sasl_password are not")
+        if self.security_protocol not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
+            raise ValueError(f"security_protocol {self.security_protocol!r} is not a Kafka one")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.bootstrap_servers is None
+
+    @property
+    def effective_session_timeout_s(self) -> float:
+        if self.session_timeout_s is not None:
+            return self.session_timeout_s
+        return 3.0 if self.embedded else 30.0
+
+    @property
+    def effective_idempotence(self) -> bool:
+        return (not self.embedded) if self.idempotence is None else self.idempotence
+
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix, self.partitions, self.replication_factor)
+
+
+class GatewaySettings(Section):
+    """The proxy in front of the providers."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    routes_file: Path | None = None
+    """YAML file with models, backends, API keys and JWT settings."""
+    spool_dir: Path = Path("var/spool")
+    """Where usage events wait, durably, while the broker is unreachable."""
+    spool_max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
+    max_body_bytes: Annotated[int, Field(gt=0)] = 4 << 20
+    budget_fail_open: bool = True
+    """When no budget state is known for a subject yet: allow (open) or refuse (closed)."""
+
+
+class StreamSettings(Section):
+    """The Faust workers."""
+
+    app_id: str = "tollgate-stream"
+    data_dir: Path = Path("var/stream")
+    price_catalog: Path | None = None
+    """A price catalog file (Tollgate YAML or LiteLLM JSON); unset: the shipped one."""
+    budgets_file: Path | None = None
+    web_port: Port = 6066
+
+
+class LakeSettings(Section):
+    """The Parquet lake."""
+
+    path: Path = Path("var/lake")
+
+
+class ReportingSettings(Section):
+    """The reporting API and dashboard."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8090
+    admin_key: SecretStr | None = None
+
+
+class Settings(Section):
+    """Everything a Tollgate process is configured by."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    stream: StreamSettings = StreamSettings()
+    lake: LakeSettings = LakeSettings()
+    reporting: ReportingSettings = ReportingSettings()
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: info.annotation  # type: ignore[misc]
+    for name, info in Settings.model_fields.items()
+}
+
+
+def env_var_name(section: str, field: str) -> str:
+    return f"{ENV_PREFIX}{section}_{field}".upper()
+
+
+def known_env_vars() -> set[str]:
+    """Every environment variable the settings read."""
+    names = {CONFIG_ENV, BOOTSTRAP_ENV}
+    for section, model in SECTIONS.items():
+        names |= {env_var_name(section, field) for field in model.model_fields}
+    return names
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> Settings:
+    """Build the settings from a YAML file and the environment, or fail naming the culprit."""
+    environ = os.environ if environ is None else environ
+    path = config_file or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
+    merged: dict[str, dict[str, Any]] = _read_yaml(path) if path else {}
+    origins: dict[tuple[str, str], str] = {
+        (section, field): f"{path}: {section}.{field}"
+        for section, fields in merged.items()
+        for field in fields
+    }
+    for (section, field), value in _read_env(environ).items():
+        merged.setdefault(section, {})[field] = value
+        origins[(section, field)] = env_var_name(section, field)
+    if environ.get(BOOTSTRAP_ENV):
+        merged.setdefault("kafka", {})["bootstrap_servers"] = environ[BOOTSTRAP_ENV]
+        origins[("kafka", "bootstrap_servers")] = BOOTSTRAP_ENV
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as error:
+        raise SettingsError(_describe(error, origins)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise SettingsError(f"cannot read config file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise SettingsError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(content, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of sections")
+    for section, fields in content.items():
+        if section not in SECTIONS:
+            raise SettingsError(
+                f"{path}: unknown section {section!r}{_suggest(section, SECTIONS)}; "
+                f"sections are {', '.join(SECTIONS)}"
+            )
+        if not isinstance(fields, dict):
+            raise SettingsError(f"{path}: section {section!r} must be a mapping")
+    return content
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    values: dict[tuple[str, str], str] = {}
+    known = known_env_vars()
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        if name not in known:
+            raise SettingsError(f"{name} is not a Tollgate setting{_suggest(name, known)}")
+        section, _, field = name[len(ENV_PREFIX) :].lower().partition("_")
+        values[(section, field)] = value
+    return values
+
+
+def _suggest(name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _describe(error: ValidationError, origins: dict[tuple[str, str], str]) -> str:
+    lines = []
+    for problem in error.errors():
+        loc = [str(part) for part in problem["loc"]]
+        where = ".".join(loc) or "settings"
+        if len(loc) >= 2:
+            where = origins.get((loc[0], loc[1]), where)
+        value = problem.get("input")
+        secret = any(word in where.lower() for word in ("password", "key"))
+        shown = "" if secret or isinstance(value, dict) or value is None else f" (got {value!r})"
+        lines.append(f"{where}: {problem['msg']}{shown}")
+    return "invalid settings:\n  " + "\n  ".join(lines)

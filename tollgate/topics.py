@@ -1,0 +1,87 @@
+"""Every Tollgate topic, its partitions and its configs, in one place.
+
+Topic names carry their contract version (``.v1``). A deployment-wide prefix (from
+settings) lets several environments, or test runs, share one cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tollgate.contract import Alert, BudgetDefinition, BudgetState, PricedEvent, Record, UsageEvent
+
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its base name, what it carries, how it is laid out."""
+
+    base_name: str
+    record_type: type[Record] | None
+    """The record each message holds; None for raw payloads (the dead-letter topic)."""
+    compacted: bool = False
+    partitioned: bool = True
+    """False for small topics every instance reads whole (definitions)."""
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+USAGE = TopicSpec("tollgate.usage.v1", UsageEvent)
+PRICED = TopicSpec("tollgate.priced.v1", PricedEvent)
+USAGE_DLQ = TopicSpec("tollgate.usage.dlq.v1", None)
+BUDGET_DEFINITIONS = TopicSpec(
+    "tollgate.budget-definitions.v1", BudgetDefinition, compacted=True, partitioned=False
+)
+BUDGET_STATE = TopicSpec("tollgate.budget-state.v1", BudgetState, compacted=True)
+ALERTS = TopicSpec("tollgate.alerts.v1", Alert)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    USAGE,
+    PRICED,
+    USAGE_DLQ,
+    BUDGET_DEFINITIONS,
+    BUDGET_STATE,
+    ALERTS,
+)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The concrete topic names and layouts of one deployment."""
+
+    prefix: str = ""
+    partitions: int = 4
+    replication_factor: int = 1
+
+    def name(self, spec: TopicSpec) -> str:
+        return f"{self.prefix}{spec.base_name}"
+
+    def partitions_of(self, spec: TopicSpec) -> int:
+        return self.partitions if spec.partitioned else 1
+
+    def configs_of(self, spec: TopicSpec) -> dict[str, str]:
+        return {**(COMPACTED if spec.compacted else {}), **spec.configs}
+
+    @property
+    def usage(self) -> str:
+        return self.name(USAGE)
+
+    @property
+    def priced(self) -> str:
+        return self.name(PRICED)
+
+    @property
+    def usage_dlq(self) -> str:
+        return self.name(USAGE_DLQ)
+
+    @property
+    def budget_definitions(self) -> str:
+        return self.name(BUDGET_DEFINITIONS)
+
+    @property
+    def budget_state(self) -> str:
+        return self.name(BUDGET_STATE)
+
+    @property
+    def alerts(self) -> str:
+        return self.name(ALERTS)
