@@ -25,9 +25,7 @@ from tollgate.contract import (
 from tollgate.contract.usage import REJECTED_STATUSES
 from tollgate.ids import uuid7
 
-names = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40
-)
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
 instants = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 )

@@ -50,8 +50,11 @@ def wire(record: Any, **changes: Any) -> bytes:
         ({"status": ...}, "status", "required field is missing"),
         ({"prompt": "hello"}, "prompt", "unknown field"),
         ({"tags": {"env": 3}}, "tags[...]", "Expected `str`"),
-        ({"cache_read_input_tokens": 1100, "cache_creation_input_tokens": 200},
-         "cache_read_input_tokens", "input_tokens includes cached tokens"),
+        (
+            {"cache_read_input_tokens": 1100, "cache_creation_input_tokens": 200},
+            "cache_read_input_tokens",
+            "input_tokens includes cached tokens",
+        ),
         ({"reasoning_tokens": 301}, "reasoning_tokens", "output_tokens includes reasoning"),
         ({"status": "rejected_budget", "http_status": 429}, "status", "carry no tokens"),
     ],
@@ -108,8 +111,11 @@ def test_invalid_priced_event_names_the_field(
         ({"budget_id": "no spaces please"}, "budget_id", "matching regex"),
         ({"window": {"kind": "rolling"}}, "window", "rolling window takes `size_s`"),
         ({"window": {"kind": "calendar", "size_s": 60}}, "window", "calendar window takes"),
-        ({"window": {"kind": "calendar", "unit": "day", "timezone": "Mars/Olympus"}},
-         "window", "unknown time zone"),
+        (
+            {"window": {"kind": "calendar", "unit": "day", "timezone": "Mars/Olympus"}},
+            "window",
+            "unknown time zone",
+        ),
         ({"window": {"kind": "calendar", "unit": "fortnight"}}, "window.unit", "Invalid enum"),
     ],
 )

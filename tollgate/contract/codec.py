@@ -53,7 +53,9 @@ def decode(data: bytes | str, record_type: type[R]) -> R:
     except msgspec.ValidationError as error:
         raise _contract_error(error, data, record_type) from error
     except msgspec.DecodeError as error:
-        raise ContractError(f"malformed JSON ({error})", record_type=record_type.__name__) from error
+        raise ContractError(
+            f"malformed JSON ({error})", record_type=record_type.__name__
+        ) from error
     if isinstance(record, _Unversioned):
         raise _unsupported(record_type, 0)
     return record

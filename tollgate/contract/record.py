@@ -19,7 +19,9 @@ NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 UtcDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 """A timezone-aware instant; naive datetimes are refused because they are ambiguous."""
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-Tags = Annotated[dict[Name, Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=64)]
+Tags = Annotated[
+    dict[Name, Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=64)
+]
 
 
 class Record(
