@@ -111,15 +111,22 @@ class EmbeddedBroker:
         raise BrokerError(f"embedded broker did not listen on {self.bootstrap_servers} in time")
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the broker: SIGTERM, then SIGKILL if it lingers."""
-        if self.process is None or self.process.poll() is not None:
+        """Stop the broker: SIGINT, then SIGTERM, then SIGKILL if it lingers.
+
+        Tansu ignores SIGTERM while clients are still connected, but stops on SIGINT.
+        """
+        process = self.process
+        if process is None or process.poll() is not None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            process.send_signal(signum)
+            try:
+                process.wait(timeout_s / 2)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        process.kill()
+        process.wait()
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
