@@ -12,6 +12,7 @@ import click
 from tollgate import __version__
 from tollgate.broker import running_broker
 from tollgate.errors import TollgateError
+from tollgate.logs import configure_logging
 from tollgate.settings import Settings, load_settings
 
 
@@ -60,6 +61,32 @@ def broker(obj: _Context, log: Path | None) -> None:
         click.echo("embedded broker keeps data in memory only; Ctrl-C stops it.")
         _wait_for_stop_signal()
     click.echo("broker stopped.")
+
+
+@cli.command()
+@click.option("--port", type=int, default=None, help="Listen port (default: settings).")
+@click.pass_obj
+def gateway(obj: _Context, port: int | None) -> None:
+    """Run the gateway: the OpenAI- and Anthropic-compatible metering proxy.
+
+    Needs a broker: KAFKA_BOOTSTRAP_SERVERS, or run `tollgate up` for everything at once.
+    """
+    import os
+
+    from gateway.server import resolve_parts, run
+
+    configure_logging(json_lines=not sys.stderr.isatty())
+    settings = obj.settings()
+    if port is not None:
+        settings = settings.model_copy(
+            update={"gateway": settings.gateway.model_copy(update={"port": port})}
+        )
+    if settings.kafka.bootstrap_servers is None:
+        raise click.UsageError(
+            "the gateway needs a broker: set KAFKA_BOOTSTRAP_SERVERS "
+            "(`tollgate broker` prints it), or use `tollgate up`"
+        )
+    run(resolve_parts(settings, os.environ, settings.kafka.bootstrap_servers))
 
 
 def _planned(name: str, what: str) -> None:

@@ -93,7 +93,11 @@ class GatewaySettings(Section):
     spool_max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
     max_body_bytes: Annotated[int, Field(gt=0)] = 4 << 20
     budget_fail_open: bool = True
-    """When no budget state is known for a subject yet: allow (open) or refuse (closed)."""
+    """Before the budget state has been read once: allow calls (open) or refuse (closed)."""
+    circuit_failures: Annotated[int, Field(gt=0)] = 3
+    """Consecutive failures that take a backend out of service."""
+    circuit_cooldown_s: Annotated[float, Field(gt=0)] = 30.0
+    """How long a backend stays out before one trial call is let through."""
 
 
 class StreamSettings(Section):

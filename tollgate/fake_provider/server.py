@@ -33,7 +33,7 @@ _SHUTDOWN_TIMEOUT_S = 2.0
 
 def create_app(config: FakeProviderConfig | None = None) -> web.Application:
     """The fake provider's application: OpenAI and Anthropic routes plus ``/_fake/`` control."""
-    app = web.Application()
+    app = web.Application(client_max_size=64 << 20)  # prompts of real models are large
     app[STATE] = ProviderState(config or FakeProviderConfig())
     app[CLOSING] = asyncio.Event()
     app.on_shutdown.append(_release_hung_calls)

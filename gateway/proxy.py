@@ -1,0 +1,395 @@
+"""One AI call through the gateway: govern it at the door, forward it, meter it.
+
+Order at the door: authenticate (401), check the body (415, 413, 400), find the route
+(404) and the caller's right to the model (403), then the rate limit and the budgets
+(429). The call then goes to the first healthy backend; connect errors, 429 and 5xx
+move on to the next one, as long as nothing has been sent to the client yet.
+
+Whatever happens, exactly one usage event is emitted, from a ``finally``; metering is
+guarded so that a fault in it never fails the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from gateway.auth import Authenticator
+from gateway.budget_book import BudgetBook
+from gateway.call import Call
+from gateway.emitter import UsageEmitter
+from gateway.errors import (
+    Dialect,
+    GatewayError,
+    InvalidRequest,
+    ModelNotAllowed,
+    ModelNotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UpstreamFailed,
+    UpstreamTimeout,
+    error_body,
+    stream_error_event,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.rate_limit import RateLimiter
+from gateway.response_headers import LimitHeaders
+from gateway.routes import BackendConfig, RoutesConfig
+from gateway.routing import Router
+from gateway.sse import SSEFramer, parse_event
+from gateway.upstream import client_headers, upstream_headers, upstream_url
+from gateway.usage_reading import (
+    StreamUsage,
+    estimate_tokens,
+    estimated_usage,
+    response_chars,
+    usage_from_body,
+)
+from tollgate.contract import Operation, Status, UsageEvent
+from tollgate.settings import GatewaySettings
+
+log = logging.getLogger("tollgate.gateway")
+
+_RETRYABLE = frozenset({429, 500, 502, 503, 504, 529})
+
+
+@dataclass
+class Proxy:
+    settings: GatewaySettings
+    routes: RoutesConfig
+    secrets: dict[str, str]
+    router: Router
+    authenticator: Authenticator
+    limiter: RateLimiter
+    budgets: BudgetBook
+    emitter: UsageEmitter
+    metrics: GatewayMetrics
+    session: aiohttp.ClientSession
+    _exact_routes: dict[str, list[BackendConfig]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Models named exactly resolve with one dict lookup; patterns are matched per call.
+        self._exact_routes = {
+            model: backends
+            for model in self.routes.models
+            if (backends := self.routes.backends_for(model)) is not None
+        }
+
+    async def handle(
+        self, request: web.Request, operation: Operation, dialect: Dialect
+    ) -> web.StreamResponse:
+        call = Call(operation, dialect)
+        reservation = None
+        limits = LimitHeaders(request_id=str(call.event_id))
+        try:
+            call.principal = await self.authenticator.authenticate(request.headers)
+            payload, raw = await self._read_json(request)
+            model = payload.get("model")
+            if not isinstance(model, str) or not model:
+                raise InvalidRequest("`model` is required and must be a string", param="model")
+            call.request_model = model
+            backends = self._backends_for(model, dialect)
+            if not call.principal.may_use(model):
+                raise ModelNotAllowed(f"this key may not use model {model!r}", param="model")
+            if call.principal.rate_limit is not None:
+                limits.requests = self.limiter.acquire(
+                    call.principal.api_key_id, call.principal.rate_limit, time.monotonic()
+                )
+            dimensions = call.principal.dimensions(model, backends[0].provider_name)
+            # The body's size over-counts its text, so the reservation errs on the safe side;
+            # the call's real usage replaces it when the call ends.
+            estimate = estimate_tokens(len(raw))
+            reservation, limits.budget = self.budgets.admit(
+                dimensions, estimate, Decimal(0), datetime.now(UTC)
+            )
+            return await self._forward(request, call, payload, raw, backends, limits)
+        except GatewayError as error:
+            call.status, call.http_status = error.status, error.http_status
+            return web.json_response(
+                error_body(error, dialect),
+                status=error.http_status,
+                headers={**error.headers(), **limits.render(call)},
+            )
+        finally:
+            self._settle(call, reservation)
+
+    def _settle(self, call: Call, reservation: Any) -> None:
+        """Close the books on a call: release its reservation, emit its one event."""
+        try:
+            event = call.to_event()
+            if reservation is not None:
+                if event.total_tokens or call.status is Status.OK:
+                    reservation.finish(event.total_tokens, Decimal(0), event.end_time)
+                else:
+                    reservation.cancel()
+            self.emitter.emit(event)
+            self.metrics.observe_call(event)
+            _log_call(event)
+        except Exception:
+            self.metrics.metering_faults.inc()
+            log.exception("metering failed for call %s (the call itself was served)", call.event_id)
+
+    def _backend_failed(self, backend: str, reason: str) -> None:
+        self.router.record_failure(backend)
+        self.metrics.upstream_failures.labels(backend).inc()
+        breaker = self.router.breaker(backend)
+        log.warning(
+            "backend %s failed (%s); %s",
+            backend,
+            reason,
+            "circuit open" if breaker.is_open else f"{breaker.failures} failure(s) in a row",
+            extra={"fields": {"backend": backend, "reason": reason}},
+        )
+
+    async def _read_json(self, request: web.Request) -> tuple[dict[str, Any], bytes]:
+        if request.content_type != "application/json":
+            raise UnsupportedMediaType(
+                f"expected Content-Type application/json, got {request.content_type!r}"
+            )
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+        try:
+            raw = await request.read()  # the app's client_max_size bounds it
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(f"request body is over the {limit}-byte limit") from None
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+        try:
+            payload = _json_decode(raw)
+        except msgspec.DecodeError as error:
+            raise InvalidRequest(f"request body is not valid JSON: {error}") from None
+        if not isinstance(payload, dict):
+            raise InvalidRequest("request body must be a JSON object")
+        return payload, raw
+
+    def _backends_for(self, model: str, dialect: Dialect) -> list[BackendConfig]:
+        backends = self._exact_routes.get(model) or self.routes.backends_for(model)
+        family = "anthropic" if dialect is Dialect.ANTHROPIC else "openai"
+        if not backends or backends[0].kind.api_family != family:
+            raise ModelNotFound(f"the model {model!r} does not exist", param="model")
+        return backends
+
+    async def _forward(
+        self,
+        request: web.Request,
+        call: Call,
+        payload: dict[str, Any],
+        raw: bytes,
+        backends: list[BackendConfig],
+        limits: LimitHeaders,
+    ) -> web.StreamResponse:
+        call.streamed = bool(payload.get("stream"))
+        injected_usage = False
+        if call.streamed and call.operation in (Operation.CHAT, Operation.COMPLETIONS):
+            options = payload.get("stream_options") or {}
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                payload = {**payload, "stream_options": {**options, "include_usage": True}}
+                raw = _json_encode(payload)
+                injected_usage = True
+
+        failure: GatewayError | None = None
+        refused: tuple[int, bytes, Any] | None = None
+        for backend in self.router.candidates(backends):
+            if not self.router.begin_attempt(backend.name):
+                continue
+            call.backend, call.provider = backend.name, backend.provider_name
+            timeout = aiohttp.ClientTimeout(
+                total=None if call.streamed else backend.timeout_s,
+                connect=backend.connect_timeout_s,
+                sock_read=backend.timeout_s,
+            )
+            started = time.monotonic()
+            try:
+                upstream = await self.session.post(
+                    upstream_url(backend, request.path, call.request_model or ""),
+                    data=raw,
+                    headers=upstream_headers(
+                        backend, request.headers, self.secrets.get(backend.name)
+                    ),
+                    timeout=timeout,
+                )
+            except (TimeoutError, aiohttp.ClientError) as error:
+                self._backend_failed(backend.name, type(error).__name__)
+                failure = _upstream_error(error, backend.name)
+                continue
+            if upstream.status in _RETRYABLE:
+                self._backend_failed(backend.name, f"HTTP {upstream.status}")
+                body = await _read_quietly(upstream)
+                refused = (upstream.status, body, upstream.headers)
+                upstream.release()
+                continue
+            self.router.record_success(backend.name)
+            try:
+                if call.streamed and upstream.status == 200:
+                    return await self._relay_stream(
+                        request, call, upstream, payload, injected_usage, limits
+                    )
+                return await self._relay_body(call, upstream, payload, limits)
+            finally:
+                elapsed_s = time.monotonic() - started
+                self.metrics.upstream_latency.labels(backend.name).observe(elapsed_s)
+                upstream.release()
+
+        if refused is not None:
+            # Every backend refused: pass the last provider error on as it was written.
+            status, body, headers = refused
+            call.status, call.http_status = Status.UPSTREAM_ERROR, status
+            response_headers = client_headers(headers)
+            response_headers.update(limits.render(call))
+            return web.Response(status=status, body=body, headers=response_headers)
+        raise failure or UpstreamFailed(
+            f"no backend for {call.request_model!r} is available (all are out of service)"
+        )
+
+    async def _relay_body(
+        self,
+        call: Call,
+        upstream: aiohttp.ClientResponse,
+        payload: dict[str, Any],
+        limits: LimitHeaders,
+    ) -> web.Response:
+        try:
+            body = await upstream.read()
+        except TimeoutError:
+            raise UpstreamTimeout(f"backend {call.backend} did not answer in time") from None
+        except aiohttp.ClientError as error:
+            raise UpstreamFailed(f"backend {call.backend} failed mid-answer: {error}") from None
+        call.http_status = upstream.status
+        if upstream.status < 300:
+            usage, call.response_model = usage_from_body(body, call.dialect is Dialect.ANTHROPIC)
+            call.usage = usage or estimated_usage(payload, response_chars(body))
+        else:
+            call.status = Status.UPSTREAM_ERROR
+        headers = client_headers(upstream.headers)
+        headers.update(limits.render(call))
+        return web.Response(status=upstream.status, body=body, headers=headers)
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        call: Call,
+        upstream: aiohttp.ClientResponse,
+        payload: dict[str, Any],
+        injected_usage: bool,
+        limits: LimitHeaders,
+    ) -> web.StreamResponse:
+        headers = client_headers(upstream.headers)
+        headers.update(limits.render(call))
+        response = _StreamResponse(status=upstream.status, headers=headers)
+        reader = StreamUsage(call.operation)
+        framer = SSEFramer()
+        call.http_status = upstream.status
+        try:
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                out = []
+                for event in framer.feed(chunk):
+                    _, data = parse_event(event)
+                    usage_only = reader.observe(data)
+                    if reader.first_token_seen:
+                        call.mark_first_token()
+                    if not (injected_usage and usage_only):
+                        out.append(event)
+                if out:
+                    await response.write(b"".join(out))
+            rest = framer.rest()
+            if rest:
+                await response.write(rest)
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            call.status = Status.CLIENT_CLOSED
+            raise
+        except (TimeoutError, aiohttp.ClientError) as error:
+            # Bytes have reached the client, so no failover: end the stream with an error
+            # event the client's SDK raises on.
+            failure = _upstream_error(error, call.backend or "")
+            call.status = failure.status
+            await _end_stream_quietly(response, stream_error_event(failure, call.dialect))
+        finally:
+            call.response_model = reader.response_model
+            if reader.usage is not None and call.status is Status.OK:
+                call.usage = reader.usage
+            else:
+                call.usage = estimated_usage(payload, reader.output_chars)
+                if reader.usage is not None:
+                    call.usage.input_tokens = reader.usage.input_tokens
+        return response
+
+
+class _StreamResponse(web.StreamResponse):
+    """Holds the status line and headers back until the first event, to send them in
+    one write: the upstream has answered already, and a syscall per call is saved."""
+
+    _send_headers_immediately = False
+
+
+def _log_call(event: UsageEvent) -> None:
+    """One line per call at DEBUG: who, which model, how it ended, what it used; no content.
+
+    The usage event is the durable record of every call; this line is for following a
+    gateway live (TOLLGATE_LOG_LEVEL=debug), and costs nothing when it is off.
+    """
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    fields = {
+        "request_id": str(event.event_id),
+        "tenant": event.tenant,
+        "api_key_id": event.api_key_id,
+        "operation": event.operation.value,
+        "model": event.request_model,
+        "backend": event.backend,
+        "status": event.status.value,
+        "http_status": event.http_status,
+        "input_tokens": event.input_tokens,
+        "output_tokens": event.output_tokens,
+        "duration_ms": round(event.duration_ms, 2),
+    }
+    log.debug(
+        "call %s %s %s -> %s %s (%d+%d tokens, %.1f ms)",
+        fields["request_id"],
+        event.api_key_id,
+        event.request_model,
+        event.status.value,
+        event.http_status,
+        event.input_tokens,
+        event.output_tokens,
+        event.duration_ms,
+        extra={"fields": fields},
+    )
+
+
+def _upstream_error(error: BaseException, backend: str) -> GatewayError:
+    if isinstance(error, TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamTimeout(f"backend {backend} did not answer in time")
+    if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return UpstreamFailed(f"backend {backend} broke off its answer")
+    return UpstreamFailed(f"backend {backend} is unreachable")
+
+
+async def _end_stream_quietly(response: web.StreamResponse, last: bytes) -> None:
+    """Write a last event and end the stream, unless the client has gone already."""
+    with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+        await response.write(last)
+        await response.write_eof()
+
+
+async def _read_quietly(upstream: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await upstream.read()
+    except (TimeoutError, aiohttp.ClientError):
+        return b""
+
+
+_json_decode = msgspec.json.Decoder().decode
+_json_encode = msgspec.json.Encoder().encode

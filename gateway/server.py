@@ -1,0 +1,62 @@
+"""Running the gateway as a process: resolve its parts, serve until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from gateway.app import GatewayParts, create_app
+from gateway.routes import backend_secrets, load_routes
+from tollgate.errors import SettingsError
+from tollgate.settings import Settings
+
+log = logging.getLogger("tollgate.gateway")
+
+
+def resolve_parts(
+    settings: Settings, environ: Mapping[str, str], bootstrap_servers: str
+) -> GatewayParts:
+    """Read the routes file and the backend credentials it names; fail fast if absent."""
+    if settings.gateway.routes_file is None:
+        raise SettingsError(
+            "the gateway needs a routes file: set TOLLGATE_GATEWAY_ROUTES_FILE "
+            "(or gateway.routes_file in the config file)"
+        )
+    routes = load_routes(settings.gateway.routes_file)
+    return GatewayParts(settings, routes, backend_secrets(routes, environ), bootstrap_servers)
+
+
+async def serve(parts: GatewayParts, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; then drain, flush usage events and stop."""
+    app = create_app(parts)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
+    await runner.setup()
+    gateway = parts.settings.gateway
+    site = web.TCPSite(runner, gateway.host, gateway.port, backlog=1024, reuse_address=True)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    port = runner.addresses[0][1] if runner.addresses else gateway.port
+    log.warning("gateway listening on http://%s:%s", gateway.host, port)
+    print(f"gateway listening on http://{gateway.host}:{port}", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(parts: GatewayParts) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(serve(parts))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(serve(parts))

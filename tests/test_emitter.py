@@ -1,0 +1,361 @@
+"""The usage emitter and its spool: no event in the call's way, none lost, none reordered.
+
+Broker outages are real: a Tansu of the test's own on a fixed free port is killed and a
+new one started on the same port, so the emitter meets a dead socket and then a broker
+that knows nothing (Tansu keeps no data across restarts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.emitter import UsageEmitter
+from gateway.spool import Spool
+from tests.factories import make_usage
+from tests.own_broker import (
+    assert_exactly_once,
+    consume,
+    kill,
+    own_settings,
+    start_own_broker,
+    wait_until,
+)
+from tollgate.broker import free_port
+from tollgate.contract import UsageEvent
+from tollgate.settings import KafkaSettings
+from tollgate.topics import Topics
+
+pytestmark = pytest.mark.timeout(30)
+
+FAST = {
+    "request_timeout_s": 1.0,
+    "send_timeout_s": 2.0,
+    "stop_timeout_s": 5.0,
+    "reconnect_min_s": 0.05,
+    "reconnect_max_s": 0.3,
+}
+"""Detect a dead broker and reconnect within a second or so."""
+
+TENANTS = ("acme", "globex", "initech")
+
+# -- worlds --------------------------------------------------------------------------------
+
+MakeEmitter = Callable[..., UsageEmitter]
+
+
+@pytest.fixture
+async def make_emitter(tmp_path: Path) -> AsyncIterator[MakeEmitter]:
+    """Build emitters with fast timeouts; every one is stopped at the end of the test."""
+    made: list[UsageEmitter] = []
+
+    def make(
+        kafka: KafkaSettings,
+        bootstrap_servers: str,
+        topic: str,
+        spool_dir: Path | None = None,
+        spool_max_bytes: int = 1 << 30,
+        **options: Any,
+    ) -> UsageEmitter:
+        spool = Spool(spool_dir or tmp_path / "spool", max_bytes=spool_max_bytes)
+        emitter = UsageEmitter(kafka, bootstrap_servers, topic, spool, **{**FAST, **options})
+        made.append(emitter)
+        return emitter
+
+    yield make
+    for emitter in made:
+        await emitter.stop()
+
+
+def assert_in_emit_order_per_tenant(received: list[UsageEvent], sent: list[UsageEvent]) -> None:
+    for tenant in TENANTS:
+        arrived = [e.event_id for e in received if e.tenant == tenant]
+        assert arrived == [e.event_id for e in sent if e.tenant == tenant]
+
+
+def usage_events(count: int) -> list[UsageEvent]:
+    return [make_usage(tenant=TENANTS[i % len(TENANTS)]) for i in range(count)]
+
+
+# -- the emitter, broker up ----------------------------------------------------------------
+
+
+async def test_events_emitted_while_the_broker_is_up_arrive_exactly_once(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics, make_emitter: MakeEmitter
+) -> None:
+    emitter = make_emitter(kafka_settings, broker, topics.usage)
+    await emitter.start()
+    assert emitter.broker_connected
+
+    sent = usage_events(300)
+    for event in sent:
+        emitter.emit(event)
+    await wait_until(lambda: emitter.stats.emitted == len(sent))
+    await emitter.stop()
+
+    received = await consume(kafka_settings, broker, topics.usage, len(sent))
+    assert_exactly_once(received, {e.event_id for e in sent})
+    assert_in_emit_order_per_tenant(received, sent)
+    assert emitter.stats.spooled == 0
+
+
+async def test_emit_returns_before_anything_is_delivered_and_everything_arrives_later(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics, make_emitter: MakeEmitter
+) -> None:
+    emitter = make_emitter(kafka_settings, broker, topics.usage)
+    await emitter.start()
+
+    sent = usage_events(10_000)
+    for event in sent:
+        emitter.emit(event)
+    assert emitter.stats.queue_depth == len(sent)
+    assert emitter.stats.emitted == 0
+
+    await wait_until(lambda: emitter.stats.emitted == len(sent))
+    assert emitter.stats.queue_depth == 0
+    received = await consume(kafka_settings, broker, topics.usage, len(sent))
+    assert_exactly_once(received, {e.event_id for e in sent})
+
+
+async def test_a_full_queue_sends_events_through_the_spool_without_losing_any(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics, make_emitter: MakeEmitter
+) -> None:
+    emitter = make_emitter(kafka_settings, broker, topics.usage, max_queue=10)
+    await emitter.start()
+
+    sent = usage_events(200)
+    for event in sent:
+        emitter.emit(event)
+    await wait_until(lambda: emitter.stats.emitted == len(sent))
+
+    assert emitter.stats.spooled > 0
+    assert emitter.stats.replayed == emitter.stats.spooled
+    received = await consume(kafka_settings, broker, topics.usage, len(sent))
+    assert_exactly_once(received, {e.event_id for e in sent})
+    assert_in_emit_order_per_tenant(received, sent)
+
+
+# -- the emitter, broker down --------------------------------------------------------------
+
+
+async def test_events_emitted_while_the_broker_is_down_arrive_once_and_in_order_when_it_is_back(
+    kafka_settings: KafkaSettings, own_broker_port: int, make_emitter: MakeEmitter
+) -> None:
+    kafka = own_settings(kafka_settings, own_broker_port)
+    topics = kafka.topics()
+    address = kafka.bootstrap_servers or ""
+    first = await start_own_broker(own_broker_port, kafka, topics)
+    emitter = make_emitter(kafka, address, topics.usage)
+    await emitter.start()
+    for event in usage_events(20):
+        emitter.emit(event)
+    await wait_until(lambda: emitter.stats.emitted == 20)
+
+    kill(first)
+    while_down = usage_events(100)
+    for event in while_down:
+        emitter.emit(event)
+    await wait_until(lambda: emitter.stats.spooled == len(while_down))
+    assert not emitter.broker_connected
+    assert emitter.stats.spool_bytes > 0
+
+    await start_own_broker(own_broker_port, kafka, topics)  # empty: Tansu keeps nothing
+    after = usage_events(50)
+    for event in after:
+        emitter.emit(event)
+    sent = while_down + after
+    await wait_until(lambda: emitter.stats.emitted == 20 + len(sent))
+
+    received = await consume(kafka, address, topics.usage, len(sent))
+    assert_exactly_once(received, {e.event_id for e in sent})
+    assert_in_emit_order_per_tenant(received, sent)
+    assert emitter.broker_connected
+    assert emitter.stats.replayed == emitter.stats.spooled
+    assert emitter.stats.spool_bytes == 0
+
+
+async def test_an_emitter_started_while_the_broker_is_down_delivers_once_it_is_up(
+    kafka_settings: KafkaSettings, own_broker_port: int, make_emitter: MakeEmitter
+) -> None:
+    kafka = own_settings(kafka_settings, own_broker_port)
+    topics = kafka.topics()
+    address = kafka.bootstrap_servers or ""
+    emitter = make_emitter(kafka, address, topics.usage)
+    await emitter.start()
+    assert not emitter.broker_connected
+
+    sent = usage_events(50)
+    for event in sent:
+        emitter.emit(event)
+    await wait_until(lambda: emitter.stats.spooled == len(sent))
+
+    await start_own_broker(own_broker_port, kafka, topics)
+    await wait_until(lambda: emitter.stats.emitted == len(sent))
+    assert emitter.broker_connected
+
+    received = await consume(kafka, address, topics.usage, len(sent))
+    assert_exactly_once(received, {e.event_id for e in sent})
+    assert_in_emit_order_per_tenant(received, sent)
+
+
+async def test_stop_with_the_broker_down_leaves_every_event_for_the_next_emitter(
+    kafka_settings: KafkaSettings,
+    broker: str,
+    topics: Topics,
+    own_broker_port: int,
+    make_emitter: MakeEmitter,
+    tmp_path: Path,
+) -> None:
+    kafka = own_settings(kafka_settings, own_broker_port)
+    doomed = await start_own_broker(own_broker_port, kafka, topics)
+    spool_dir = tmp_path / "shared-spool"
+    first = make_emitter(kafka, doomed.bootstrap_servers, topics.usage, spool_dir)
+    await first.start()
+    assert first.broker_connected
+
+    kill(doomed)  # the emitter does not know yet: its first send has to fail
+    sent = usage_events(80)
+    for event in sent:
+        first.emit(event)
+    await first.stop()
+    assert first.stats.spooled == len(sent)
+    assert Spool(spool_dir).pending_records == len(sent)
+
+    second = make_emitter(kafka_settings, broker, topics.usage, spool_dir)
+    await second.start()
+    await wait_until(lambda: second.stats.replayed == len(sent))
+    await second.stop()
+
+    received = await consume(kafka_settings, broker, topics.usage, len(sent))
+    assert_exactly_once(received, {e.event_id for e in sent})
+    assert_in_emit_order_per_tenant(received, sent)
+    assert Spool(spool_dir).pending_records == 0
+
+
+async def test_events_that_do_not_fit_in_the_spool_are_counted_and_logged_as_dropped(
+    kafka_settings: KafkaSettings,
+    make_emitter: MakeEmitter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    emitter = make_emitter(kafka_settings, nowhere, "tollgate.usage.v1", spool_max_bytes=4096)
+    await emitter.start()
+
+    for event in usage_events(40):
+        emitter.emit(event)
+    await emitter.stop()
+
+    assert emitter.stats.dropped > 0
+    assert emitter.stats.spooled + emitter.stats.dropped == 40
+    assert any(r.levelno == logging.ERROR and "dropped" in r.getMessage() for r in caplog.records)
+
+
+# -- the spool -----------------------------------------------------------------------------
+
+
+def records(count: int, start: int = 0) -> list[bytes]:
+    return [f"record-{i:04d}".encode() for i in range(start, start + count)]
+
+
+def test_a_reopened_spool_resumes_with_every_record_in_order(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        spool.append(records(5))
+        spool.append(records(5, start=5))
+
+    with Spool(tmp_path) as reopened:
+        assert reopened.pending_records == 10
+        assert reopened.size_bytes == spool.size_bytes
+        assert reopened.read_batch(100)[0] == records(10)
+
+
+def test_acknowledged_records_are_not_read_again_after_a_restart(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        spool.append(records(10))
+        batch, cursor = spool.read_batch(4)
+        assert batch == records(4)
+        spool.ack(cursor)
+
+    with Spool(tmp_path) as reopened:
+        assert reopened.pending_records == 6
+        rest, cursor = reopened.read_batch(100)
+        assert rest == records(6, start=4)
+        reopened.ack(cursor)
+        assert reopened.pending_records == reopened.size_bytes == 0
+        assert not list(tmp_path.glob("*.seg"))
+
+    assert Spool(tmp_path).read_batch(100)[0] == []
+
+
+def test_records_spanning_many_segments_are_read_and_acknowledged_in_order(
+    tmp_path: Path,
+) -> None:
+    with Spool(tmp_path, segment_bytes=64) as spool:
+        spool.append(records(50))
+    assert len(list(tmp_path.glob("*.seg"))) > 5
+    seen: list[bytes] = []
+    while Spool(tmp_path).pending_records:
+        with Spool(tmp_path, segment_bytes=64) as spool:  # a restart between batches
+            batch, cursor = spool.read_batch(7)
+            seen += batch
+            spool.ack(cursor)
+    assert seen == records(50)
+    assert not list(tmp_path.glob("*.seg"))
+
+
+@pytest.mark.parametrize("damage", ["cut mid-record", "garbage appended"])
+def test_a_torn_record_at_the_tail_is_ignored_and_earlier_ones_are_kept(
+    tmp_path: Path, damage: str
+) -> None:
+    with Spool(tmp_path) as spool:
+        spool.append(records(3))
+    (segment,) = tmp_path.glob("*.seg")
+    data = segment.read_bytes()
+    torn = data[:-5] if damage == "cut mid-record" else data + b"\x00\x00\x00\x09partial"
+    segment.write_bytes(torn)
+
+    with Spool(tmp_path) as reopened:
+        expected = records(2) if damage == "cut mid-record" else records(3)
+        assert reopened.pending_records == len(expected)
+        reopened.append([b"after the crash"])
+        assert reopened.read_batch(100)[0] == [*expected, b"after the crash"]
+
+
+def test_a_full_spool_refuses_the_overflow_and_says_how_much(tmp_path: Path) -> None:
+    framed = 8 + len(records(1)[0])
+    with Spool(tmp_path, max_bytes=10 * framed) as spool:
+        assert spool.append(records(15)) == 5
+        assert spool.pending_records == 10
+        assert spool.read_batch(100)[0] == records(10)
+
+        _, cursor = spool.read_batch(3)
+        spool.ack(cursor)
+        assert spool.append(records(5, start=10)) == 2
+
+
+def test_crossing_80_percent_of_the_bound_warns_once_until_usage_falls_below_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    framed = 8 + len(records(1)[0])
+
+    def warnings() -> int:
+        return sum(
+            r.levelno == logging.WARNING and "full" in r.getMessage() for r in caplog.records
+        )
+
+    with (
+        caplog.at_level(logging.WARNING, logger="gateway.spool"),
+        Spool(tmp_path, max_bytes=10 * framed) as spool,
+    ):
+        spool.append(records(7))
+        assert warnings() == 0
+        spool.append(records(1))
+        spool.append(records(1))
+        assert warnings() == 1
+        _, cursor = spool.read_batch(5)
+        spool.ack(cursor)
+        spool.append(records(4))
+        assert warnings() == 2
