@@ -17,7 +17,7 @@ from gateway.auth import Authenticator
 from gateway.budget_book import BudgetBook
 from gateway.budget_feed import BudgetFeed
 from gateway.emitter import UsageEmitter
-from gateway.errors import Dialect, GatewayError, error_body
+from gateway.errors import Dialect, GatewayError, MethodNotAllowed, NotFound, error_body
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.rate_limit import RateLimiter
@@ -84,6 +84,7 @@ def create_app(parts: GatewayParts) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics_handler(metrics))
+    app.router.add_route("*", "/{tail:.*}", _no_such_endpoint)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -131,6 +132,18 @@ def _models_handler(proxy: Proxy):  # type: ignore[no-untyped-def]
         )
 
     return models
+
+
+async def _no_such_endpoint(request: web.Request) -> web.Response:
+    """Unknown paths and wrong methods, answered as OpenAI or Anthropic would."""
+    dialect = Dialect.ANTHROPIC if request.path.startswith("/v1/messages") else Dialect.OPENAI
+    known = request.path in _ENDPOINTS or request.path == "/v1/models"
+    error: GatewayError = (
+        MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        if known
+        else NotFound(f"unknown endpoint {request.method} {request.path}")
+    )
+    return web.json_response(error_body(error, dialect), status=error.http_status)
 
 
 async def _healthz(request: web.Request) -> web.Response:

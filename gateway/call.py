@@ -40,7 +40,7 @@ class Call:
 
     def to_event(self) -> UsageEvent:
         duration_ms = self.elapsed_ms()
-        usage = self.usage if self.status not in REJECTED_STATUSES else None
+        usage = self.usage.sane() if self.usage and self.status not in REJECTED_STATUSES else None
         principal = self.principal
         return UsageEvent(
             event_id=self.event_id,  # type: ignore[arg-type]
@@ -54,7 +54,7 @@ class Call:
             provider=self.provider or self.dialect.value,
             operation=self.operation,
             request_model=self.request_model,
-            response_model=self.response_model,
+            response_model=_name(self.response_model),
             backend=self.backend,
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
@@ -68,3 +68,8 @@ class Call:
             ttft_ms=self.ttft_ms,
             streamed=self.streamed,
         )
+
+
+def _name(value: str | None) -> str | None:
+    """An upstream-supplied name as the contract takes it: non-empty, at most 256 chars."""
+    return value[:256] if value else None

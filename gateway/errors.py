@@ -139,6 +139,30 @@ class UpstreamFailed(GatewayError):
     status = Status.UPSTREAM_ERROR
 
 
+class InternalError(GatewayError):
+    """A fault of the gateway's own (a bug): answered in the provider's format all the same."""
+
+    http_status = 500
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    code = "internal_error"
+    status = Status.UPSTREAM_ERROR
+
+
+class NotFound(GatewayError):
+    """No such endpoint."""
+
+    http_status = 404
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+    code = "unknown_url"
+    status = Status.REJECTED_INVALID
+
+
+class MethodNotAllowed(NotFound):
+    http_status = 405
+
+
 class UpstreamTimeout(GatewayError):
     """The backend did not answer in time."""
 

@@ -25,12 +25,13 @@ import msgspec
 from aiohttp import web
 
 from gateway.auth import Authenticator
-from gateway.budget_book import BudgetBook
+from gateway.budget_book import BudgetBook, Reservation
 from gateway.call import Call
 from gateway.emitter import UsageEmitter
 from gateway.errors import (
     Dialect,
     GatewayError,
+    InternalError,
     InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
@@ -61,6 +62,10 @@ from tollgate.settings import GatewaySettings
 log = logging.getLogger("tollgate.gateway")
 
 _RETRYABLE = frozenset({429, 500, 502, 503, 504, 529})
+_GATEWAY_CREDENTIALS_REFUSED = frozenset({401, 403})
+_STREAM_USAGE_OPTION = frozenset({Operation.CHAT, Operation.COMPLETIONS})
+MAX_MODEL_NAME = 256
+"""The contract's limit on names."""
 
 
 @dataclass
@@ -97,6 +102,10 @@ class Proxy:
             model = payload.get("model")
             if not isinstance(model, str) or not model:
                 raise InvalidRequest("`model` is required and must be a string", param="model")
+            if len(model) > MAX_MODEL_NAME:
+                raise InvalidRequest(
+                    f"`model` is longer than {MAX_MODEL_NAME} characters", param="model"
+                )
             call.request_model = model
             backends = self._backends_for(model, dialect)
             if not call.principal.may_use(model):
@@ -114,30 +123,58 @@ class Proxy:
             )
             return await self._forward(request, call, payload, raw, backends, limits)
         except GatewayError as error:
-            call.status, call.http_status = error.status, error.http_status
-            return web.json_response(
-                error_body(error, dialect),
-                status=error.http_status,
-                headers={**error.headers(), **limits.render(call)},
-            )
+            return self._refuse(call, error, limits)
+        except asyncio.CancelledError:
+            call.status = Status.CLIENT_CLOSED
+            raise
+        except Exception:
+            # A bug of ours: still the provider's error format, and still one event.
+            log.exception("internal error on call %s", call.event_id)
+            error = InternalError("the gateway failed to handle this request")
+            if call.principal is None:
+                error.status = Status.REJECTED_AUTH
+            return self._refuse(call, error, limits)
         finally:
             self._settle(call, reservation)
 
-    def _settle(self, call: Call, reservation: Any) -> None:
-        """Close the books on a call: release its reservation, emit its one event."""
+    def _refuse(self, call: Call, error: GatewayError, limits: LimitHeaders) -> web.Response:
+        call.status, call.http_status = error.status, error.http_status
+        return web.json_response(
+            error_body(error, call.dialect),
+            status=error.http_status,
+            headers={**error.headers(), **limits.render(call)},
+        )
+
+    def _settle(self, call: Call, reservation: Reservation | None) -> None:
+        """Close the books on a call: release its reservation, emit its one event.
+
+        Each step is guarded on its own: a fault in one never fails the call, and never
+        keeps a reservation held or an event unsent.
+        """
         try:
             event = call.to_event()
+        except Exception:
+            self.metrics.metering_faults.inc()
+            log.exception("usage event for call %s could not be built", call.event_id)
+            if reservation is not None:
+                reservation.cancel()
+            return
+        try:
             if reservation is not None:
                 if event.total_tokens or call.status is Status.OK:
                     reservation.finish(event.total_tokens, Decimal(0), event.end_time)
                 else:
                     reservation.cancel()
-            self.emitter.emit(event)
+        except Exception:
+            self.metrics.metering_faults.inc()
+            log.exception("budget accounting failed for call %s", call.event_id)
+        self.emitter.emit(event)  # never raises
+        try:
             self.metrics.observe_call(event)
             _log_call(event)
         except Exception:
             self.metrics.metering_faults.inc()
-            log.exception("metering failed for call %s (the call itself was served)", call.event_id)
+            log.exception("metrics failed for call %s", call.event_id)
 
     def _backend_failed(self, backend: str, reason: str) -> None:
         self.router.record_failure(backend)
@@ -190,13 +227,15 @@ class Proxy:
         limits: LimitHeaders,
     ) -> web.StreamResponse:
         call.streamed = bool(payload.get("stream"))
-        injected_usage = False
-        if call.streamed and call.operation in (Operation.CHAT, Operation.COMPLETIONS):
-            options = payload.get("stream_options") or {}
-            if not (isinstance(options, dict) and options.get("include_usage")):
-                payload = {**payload, "stream_options": {**options, "include_usage": True}}
-                raw = _json_encode(payload)
-                injected_usage = True
+        options = payload.get("stream_options") or {}
+        if not isinstance(options, dict):
+            raise InvalidRequest("`stream_options` must be an object", param="stream_options")
+        asked_for_usage = bool(options.get("include_usage"))
+        with_usage = (payload, raw)
+        if call.streamed and call.operation in _STREAM_USAGE_OPTION and not asked_for_usage:
+            # Ask the upstream for the usage chunk; the client does not get to see it.
+            payload = {**payload, "stream_options": {**options, "include_usage": True}}
+            with_usage = (payload, _json_encode(payload))
 
         failure: GatewayError | None = None
         refused: tuple[int, bytes, Any] | None = None
@@ -204,6 +243,8 @@ class Proxy:
             if not self.router.begin_attempt(backend.name):
                 continue
             call.backend, call.provider = backend.name, backend.provider_name
+            injected_usage = with_usage[1] is not raw and backend.stream_usage
+            body = with_usage[1] if injected_usage else raw
             timeout = aiohttp.ClientTimeout(
                 total=None if call.streamed else backend.timeout_s,
                 connect=backend.connect_timeout_s,
@@ -213,7 +254,7 @@ class Proxy:
             try:
                 upstream = await self.session.post(
                     upstream_url(backend, request.path, call.request_model or ""),
-                    data=raw,
+                    data=body,
                     headers=upstream_headers(
                         backend, request.headers, self.secrets.get(backend.name)
                     ),
@@ -222,6 +263,18 @@ class Proxy:
             except (TimeoutError, aiohttp.ClientError) as error:
                 self._backend_failed(backend.name, type(error).__name__)
                 failure = _upstream_error(error, backend.name)
+                continue
+            except BaseException:
+                self.router.abort_attempt(backend.name)  # cancelled: no verdict on it
+                raise
+            if upstream.status in _GATEWAY_CREDENTIALS_REFUSED:
+                # The backend refused the gateway's own key: not the caller's business, and
+                # its body may show part of that key.
+                self._backend_failed(backend.name, f"HTTP {upstream.status}")
+                failure = UpstreamFailed(
+                    f"backend {backend.name} refused the gateway's credentials"
+                )
+                upstream.release()
                 continue
             if upstream.status in _RETRYABLE:
                 self._backend_failed(backend.name, f"HTTP {upstream.status}")
@@ -307,7 +360,9 @@ class Proxy:
             if rest:
                 await response.write(rest)
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            call.status = Status.CLIENT_CLOSED  # the client hung up: nothing to answer
+        except asyncio.CancelledError:
             call.status = Status.CLIENT_CLOSED
             raise
         except (TimeoutError, aiohttp.ClientError) as error:
@@ -318,12 +373,9 @@ class Proxy:
             await _end_stream_quietly(response, stream_error_event(failure, call.dialect))
         finally:
             call.response_model = reader.response_model
-            if reader.usage is not None and call.status is Status.OK:
-                call.usage = reader.usage
-            else:
-                call.usage = estimated_usage(payload, reader.output_chars)
-                if reader.usage is not None:
-                    call.usage.input_tokens = reader.usage.input_tokens
+            if reader.error_seen and call.status is Status.OK:
+                call.status = Status.UPSTREAM_ERROR
+            call.usage = reader.settle(payload)
         return response
 
 

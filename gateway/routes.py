@@ -87,6 +87,9 @@ class BackendConfig(_Strict):
     api_version: str | None = None
     deployments: dict[str, str] = {}
     """Azure: model name → deployment name (default: the model name)."""
+    stream_usage: bool = True
+    """Ask for ``stream_options.include_usage`` on streams; off for servers that refuse it
+    (their streams are then metered by estimate)."""
 
     @model_validator(mode="after")
     def _azure_needs_a_version(self) -> Self:

@@ -39,6 +39,10 @@ class CircuitBreaker:
             self.trial_in_flight = True
         return True
 
+    def abort_attempt(self) -> None:
+        """The attempt ended without a verdict (cancelled): let another trial run."""
+        self.trial_in_flight = False
+
     def record_success(self) -> None:
         self.failures = 0
         self.opened_at = None
@@ -89,6 +93,9 @@ class Router:
 
     def begin_attempt(self, backend: str) -> bool:
         return self.breaker(backend).begin_attempt(time.monotonic())
+
+    def abort_attempt(self, backend: str) -> None:
+        self.breaker(backend).abort_attempt()
 
     def record_success(self, backend: str) -> None:
         self.breaker(backend).record_success()

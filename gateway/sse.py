@@ -43,7 +43,7 @@ def parse_event(raw: bytes) -> tuple[str | None, bytes]:
         head, body = raw[7:first_newline], raw[first_newline + 1 :]
         first_newline = body.find(b"\n")
     if body.startswith(b"data: ") and first_newline == len(body) - 2:
-        return (None if head is None else head.strip().decode()), body[6:-2]
+        return (None if head is None else head.strip().decode(errors="replace")), body[6:-2]
     return _parse_event_slowly(raw)
 
 
@@ -54,5 +54,5 @@ def _parse_event_slowly(raw: bytes) -> tuple[str | None, bytes]:
         if line.startswith(b"data:"):
             data.append(line[6:] if line[5:6] == b" " else line[5:])
         elif line.startswith(b"event:"):
-            name = line[6:].strip().decode()
+            name = line[6:].strip().decode(errors="replace")
     return name, b"\n".join(data)

@@ -34,6 +34,8 @@ _NOT_FORWARDED_UP = HOP_BY_HOP | {
     "cookie",
     "accept-encoding",
     "x-forwarded-for",
+    "openai-organization",
+    "openai-project",
 }
 _NOT_FORWARDED_DOWN = HOP_BY_HOP | {
     "content-length",
@@ -41,6 +43,9 @@ _NOT_FORWARDED_DOWN = HOP_BY_HOP | {
     "set-cookie",
     "server",
     "date",
+    "openai-organization",
+    "openai-project",
+    "anthropic-organization-id",
 }
 _PROVIDER_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 """The gateway's provider-account limits: not the caller's business, and the gateway

@@ -90,3 +90,104 @@ def test_a_command_not_built_yet_says_so_instead_of_pretending() -> None:
     result = subprocess.run([*TOLLGATE, "up"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "not available in this build yet" in result.stderr
+
+
+def test_gateway_without_a_routes_file_says_which_setting_is_missing(broker: str) -> None:
+    result = subprocess.run(
+        [*TOLLGATE, "gateway"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(KAFKA_BOOTSTRAP_SERVERS=broker),
+    )
+    assert result.returncode == 2
+    assert "TOLLGATE_GATEWAY_ROUTES_FILE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gateway_refuses_to_start_without_the_backend_credentials_it_names(
+    broker: str, repo_root: Path
+) -> None:
+    result = subprocess.run(
+        [*TOLLGATE, "gateway"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(
+            KAFKA_BOOTSTRAP_SERVERS=broker,
+            TOLLGATE_GATEWAY_ROUTES_FILE=str(repo_root / "deploy" / "routes.yaml"),
+        ),
+    )
+    assert result.returncode == 2
+    assert "OPENAI_API_KEY" in result.stderr
+    assert "ANTHROPIC_API_KEY" in result.stderr
+
+
+def test_gateway_serves_until_terminated_then_flushes_its_events(
+    broker: str, kafka_settings, topics, tmp_path: Path
+) -> None:
+    import httpx
+    import yaml
+
+    from gateway.auth import hash_api_key
+    from tests.own_broker import consume
+    from tollgate.broker import free_port
+    from tollgate.fake_provider import FakeProvider
+
+    with FakeProvider() as provider:
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(
+            yaml.safe_dump(
+                {
+                    "backends": [
+                        {
+                            "name": "fake",
+                            "kind": "openai",
+                            "base_url": provider.base_url,
+                            "api_key_env": "FAKE_PROVIDER_KEY",
+                        }
+                    ],
+                    "models": {"gpt-*": ["fake"]},
+                    "auth": {
+                        "api_keys": [
+                            {"id": "cli", "tenant": "acme", "key_sha256": hash_api_key("sk-cli")}
+                        ]
+                    },
+                }
+            )
+        )
+        port = free_port()
+        process = subprocess.Popen(
+            [*TOLLGATE, "gateway", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(
+                KAFKA_BOOTSTRAP_SERVERS=broker,
+                TOLLGATE_KAFKA_TOPIC_PREFIX=kafka_settings.topic_prefix,
+                TOLLGATE_KAFKA_IDEMPOTENCE="false",
+                TOLLGATE_GATEWAY_ROUTES_FILE=str(routes),
+                TOLLGATE_GATEWAY_SPOOL_DIR=str(tmp_path / "spool"),
+                FAKE_PROVIDER_KEY="sk-upstream-secret",
+            ),
+        )
+        try:
+            assert process.stdout is not None
+            assert f":{port}" in process.stdout.readline()
+            url = f"http://127.0.0.1:{port}"
+            ids = []
+            for _ in range(5):
+                response = httpx.post(
+                    f"{url}/v1/chat/completions",
+                    json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"authorization": "Bearer sk-cli"},
+                )
+                assert response.status_code == 200
+                ids.append(response.headers["x-tollgate-request-id"])
+            assert provider.stats()["last_request"]["authorization"] == "Bearer sk-upstream-secret"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+
+    received = asyncio.run(consume(kafka_settings, broker, topics.usage, 5))
+    assert sorted(str(e.event_id) for e in received) == sorted(ids)

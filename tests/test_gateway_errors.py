@@ -266,3 +266,41 @@ def test_when_every_backend_refuses_the_last_provider_error_is_passed_on(
         429,
         "openai-1",
     )
+
+
+def test_stream_options_that_is_not_an_object_is_a_400(gateway: GatewayWorld) -> None:
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True, "stream_options": "yes"}
+    response = post(gateway, "/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert openai_error(response)["param"] == "stream_options"
+
+
+def test_a_model_name_longer_than_the_contract_takes_is_a_400(gateway: GatewayWorld) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(gateway).chat.completions.create(model="gpt-" + "x" * 300, messages=MESSAGES)
+    event = gateway.event_for(raised.value.response.headers["x-tollgate-request-id"])
+    assert event.status is Status.REJECTED_INVALID
+
+
+def test_a_backend_refusing_the_gateways_own_key_is_a_502_without_its_body(
+    gateway: GatewayWorld, providers: Providers
+) -> None:
+    with pytest.raises(openai.APIStatusError) as raised:
+        client(gateway).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-fake-fail-status": "401"}
+        )
+    assert raised.value.status_code == 502
+    assert "refused the gateway's credentials" in raised.value.message
+    assert providers.spare.stats()["total"] == 1  # the next backend was tried
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("POST", "/v1/nothing-here", 404), ("GET", "/v1/chat/completions", 405)],
+)
+def test_unknown_endpoints_and_methods_answer_in_the_providers_format(
+    gateway: GatewayWorld, method: str, path: str, status: int
+) -> None:
+    response = httpx.request(method, f"{gateway.url}{path}")
+    assert response.status_code == status
+    openai_error(response)

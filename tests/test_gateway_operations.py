@@ -22,7 +22,7 @@ def client(gateway: GatewayWorld) -> openai.OpenAI:
 
 
 def test_a_client_that_hangs_up_mid_stream_is_metered_for_what_it_received(
-    gateway: GatewayWorld, providers: Providers
+    gateway: GatewayWorld, providers: Providers, caplog: pytest.LogCaptureFixture
 ) -> None:
     providers.primary.configure(output_tokens=200, chunk_delay_ms=20)
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
@@ -47,6 +47,8 @@ def test_a_client_that_hangs_up_mid_stream_is_metered_for_what_it_received(
     # before it saw the connection close, but nowhere near the 200 it would have streamed.
     assert 5 <= event.output_tokens < 100
     assert event.input_tokens > 0
+    # A client hanging up is ordinary: no error, no traceback in the gateway's log.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_healthz_and_readyz(gateway: GatewayWorld) -> None:
@@ -124,3 +126,41 @@ def _metric(gateway: GatewayWorld, name: str, **labels: str) -> float:
         if all(f'{key}="{wanted}"' in label_text for key, wanted in labels.items()):
             total += float(value)
     return total
+
+
+def test_a_fault_in_metering_never_fails_the_call(gateway: GatewayWorld) -> None:
+    from gateway.app import PROXY
+
+    def break_metrics() -> None:
+        def broken(event: object) -> None:
+            raise RuntimeError("metrics are broken")
+
+        gateway.server.app[PROXY].metrics.observe_call = broken  # type: ignore[method-assign]
+
+    gateway.server.call(break_metrics)
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    )
+    assert raw.parse().choices[0].message.content
+    event = gateway.event_for(raw.headers["x-tollgate-request-id"])  # emitted all the same
+    assert event.status is Status.OK
+    assert _metric(gateway, "tollgate_gateway_metering_faults_total") == 1
+
+
+def test_an_internal_fault_is_a_500_in_the_providers_format_and_still_one_event(
+    gateway: GatewayWorld,
+) -> None:
+    from gateway.app import PROXY
+
+    def break_routing() -> None:
+        def broken(backends: object) -> object:
+            raise RuntimeError("a bug")
+
+        gateway.server.app[PROXY].router.candidates = broken  # type: ignore[method-assign]
+
+    gateway.server.call(break_routing)
+    with pytest.raises(openai.InternalServerError) as raised:
+        client(gateway).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raised.value.code == "internal_error"
+    event = gateway.event_for(raised.value.response.headers["x-tollgate-request-id"])
+    assert (event.status, event.http_status, event.tenant) == (Status.UPSTREAM_ERROR, 500, "acme")

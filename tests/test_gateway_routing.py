@@ -91,3 +91,12 @@ def test_routes_refuse_unknown_backends_and_mixed_api_families() -> None:
         RoutesConfig(
             backends=[backend("a"), backend("c", kind="anthropic")], models={"m": ["a", "c"]}
         )
+
+
+def test_a_trial_that_ended_without_a_verdict_lets_the_next_one_run() -> None:
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=10)
+    breaker.record_failure(now=0)
+    assert breaker.begin_attempt(now=11)  # the half-open trial
+    assert not breaker.begin_attempt(now=11)  # only one at a time
+    breaker.abort_attempt()  # e.g. the caller went away mid-attempt
+    assert breaker.begin_attempt(now=11)

@@ -7,7 +7,13 @@ import json
 from gateway.routes import BackendConfig, BackendKind
 from gateway.sse import SSEFramer, parse_event
 from gateway.upstream import client_headers, upstream_headers, upstream_url
-from gateway.usage_reading import StreamUsage, estimated_usage, usage_from_body
+from gateway.usage_reading import (
+    StreamUsage,
+    TokenUsage,
+    estimated_usage,
+    response_chars,
+    usage_from_body,
+)
 from tollgate.contract import Operation, UsageSource
 
 
@@ -154,3 +160,95 @@ def test_the_providers_account_limits_are_not_passed_on_as_the_callers() -> None
         }
     )
     assert set(headers) == {"openai-processing-ms"}
+
+
+def test_reasoning_counted_apart_from_completion_tokens_is_added_back() -> None:
+    # Some OpenAI-compatible servers report reasoning outside completion tokens.
+    body = {
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "completion_tokens_details": {"reasoning_tokens": 50},
+        }
+    }
+    usage, _ = usage_from_body(json.dumps(body).encode(), anthropic=False)
+    assert usage is not None
+    assert (usage.output_tokens, usage.reasoning_tokens) == (55, 50)
+
+
+def test_float_counts_and_odd_usage_shapes_never_raise() -> None:
+    usage, _ = usage_from_body(b'{"usage": {"prompt_tokens": 7.0, "completion_tokens": 2}}', False)
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens) == (7, 2)
+    assert usage_from_body(b'{"usage": {"prompt_tokens": "many"}}', False) == (None, None)
+    assert usage_from_body(b'{"choices": 3}', False) == (None, None)
+    assert response_chars(b'{"choices": 3, "content": [{"text": "abc"}]}') == 3
+
+
+def test_inconsistent_counts_are_made_consistent_for_the_contract() -> None:
+    usage = TokenUsage(
+        input_tokens=5, output_tokens=2, cache_read_input_tokens=9, reasoning_tokens=4
+    )
+    sane = usage.sane()
+    assert (sane.input_tokens, sane.cache_read_input_tokens) == (5, 5)
+    assert (sane.output_tokens, sane.reasoning_tokens) == (2, 2)
+    assert TokenUsage(input_tokens=-3).sane().input_tokens == 0
+
+
+def events(*payloads: dict) -> list[bytes]:
+    return [json.dumps(p).encode() for p in payloads]
+
+
+def test_a_cut_anthropic_stream_keeps_the_reported_cache_counts() -> None:
+    reader = StreamUsage(Operation.MESSAGES)
+    for data in events(
+        {
+            "type": "message_start",
+            "message": {
+                "model": "claude-sonnet-4",
+                "usage": {"input_tokens": 10, "cache_read_input_tokens": 1000, "output_tokens": 1},
+            },
+        },
+        {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "x" * 400}},
+    ):
+        reader.observe(data)
+    assert not reader.final
+    usage = reader.settle({"messages": [{"role": "user", "content": "hi"}]})
+    assert (usage.input_tokens, usage.cache_read_input_tokens) == (1010, 1000)
+    assert usage.output_tokens == 100  # the estimate of what streamed beats the 1 reported
+    assert usage.source is UsageSource.ESTIMATED
+
+
+def test_an_error_event_in_a_stream_is_noticed() -> None:
+    anthropic = StreamUsage(Operation.MESSAGES)
+    anthropic.observe(b'{"type": "error", "error": {"type": "overloaded_error"}}')
+    openai = StreamUsage(Operation.CHAT)
+    openai.observe(b'{"error": {"message": "boom", "type": "server_error"}}')
+    assert anthropic.error_seen
+    assert openai.error_seen
+
+
+def test_tool_call_arguments_thinking_and_reasoning_count_as_generated_text() -> None:
+    chat = StreamUsage(Operation.CHAT)
+    chat.observe(
+        b'{"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "{\\"q\\": 1}"}}]}}]}'
+    )
+    chat.observe(b'{"choices": [{"delta": {"reasoning_content": "hmm"}}]}')
+    claude = StreamUsage(Operation.MESSAGES)
+    claude.observe(b'{"type": "content_block_delta", "delta": {"thinking": "abcd"}}')
+    claude.observe(b'{"type": "content_block_delta", "delta": {"partial_json": "{}"}}')
+    responses = StreamUsage(Operation.RESPONSES)
+    responses.observe(b'{"type": "response.function_call_arguments.delta", "delta": "xyz"}')
+    assert chat.output_chars == len('{"q": 1}') + 3
+    assert claude.output_chars == 6
+    assert responses.output_chars == 3
+    assert chat.first_token_seen
+    assert claude.first_token_seen
+
+
+def test_the_providers_account_ids_do_not_cross_either_way() -> None:
+    down = client_headers({"openai-organization": "org-x", "anthropic-organization-id": "o"})
+    assert not down
+    backend = BackendConfig(name="b", kind=BackendKind.OPENAI, base_url="http://127.0.0.1:1")
+    up = upstream_headers(backend, {"OpenAI-Organization": "org-client"}, "sk-up")
+    assert "openai-organization" not in up

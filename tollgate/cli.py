@@ -75,8 +75,8 @@ def gateway(obj: _Context, port: int | None) -> None:
 
     from gateway.server import resolve_parts, run
 
-    configure_logging(json_lines=not sys.stderr.isatty())
     settings = obj.settings()
+    configure_logging(settings.log.level, json_lines=settings.log.format == "json")
     if port is not None:
         settings = settings.model_copy(
             update={"gateway": settings.gateway.model_copy(update={"port": port})}

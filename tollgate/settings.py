@@ -14,7 +14,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -125,6 +125,14 @@ class ReportingSettings(Section):
     admin_key: SecretStr | None = None
 
 
+class LogSettings(Section):
+    """What every process logs, and how."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """``debug`` adds one line per gateway call (ids, model, status, tokens; no content)."""
+    format: Literal["json", "text"] = "json"
+
+
 class Settings(Section):
     """Everything a Tollgate process is configured by."""
 
@@ -133,6 +141,7 @@ class Settings(Section):
     stream: StreamSettings = StreamSettings()
     lake: LakeSettings = LakeSettings()
     reporting: ReportingSettings = ReportingSettings()
+    log: LogSettings = LogSettings()
 
 
 SECTIONS: dict[str, type[Section]] = {
