@@ -31,7 +31,7 @@ broker: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/contract.py
-	$(BIN)/python bench/gateway.py --rounds 5
+	$(BIN)/python bench/gateway.py --rounds 7
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -4,7 +4,9 @@ Three processes share the machine, as they would share a small host: this load g
 the gateway (``tollgate gateway``, emitting every usage event to an embedded broker), and
 the fake provider (``python -m tollgate.fake_provider``, answering at once so that only
 overhead is measured). Each scenario alternates direct and gateway rounds, so drift in
-the machine's speed hits both alike; medians over the rounds are reported.
+the machine's speed hits both alike; medians over the rounds are reported. The CPU time
+the serving process spends per call (the provider's when called directly, the gateway's
+own otherwise) is the figure least moved by noise.
 
 At the end the gateway's own metrics must show one usage event per call it served.
 
@@ -58,6 +60,22 @@ class Sample:
     rps: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float = 0.0
+    """CPU time the serving process (provider, or gateway) spent per call."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measured(url: str, scenario: Scenario, pid: int) -> Sample:
+    """``run_load``, with the CPU the process ``pid`` spent on it, per call."""
+    before = cpu_seconds(pid)
+    sample = await run_load(url, scenario)
+    cpu_us = (cpu_seconds(pid) - before) / scenario.requests * 1e6
+    return Sample(sample.rps, sample.p50_ms, sample.p99_ms, cpu_us)
 
 
 async def run_load(url: str, scenario: Scenario) -> Sample:
@@ -181,23 +199,27 @@ async def bench(rounds: int, scale: float, workdir: Path, only: list[str]) -> No
         for url in targets.values():  # warm up connections, caches and the JIT-less paths
             await run_load(url, Scenario(4, False, 200))
         served = 200
+        servers = {"direct": provider.pid, "gateway": gateway_process.pid}
         print(
             f"{'scenario':<12} {'direct rps':>10} {'gateway rps':>11} {'ratio':>6} "
             f"{'direct p50':>10} {'gateway p50':>11} {'added p50':>9} "
-            f"{'direct p99':>10} {'gateway p99':>11}"
+            f"{'direct p99':>10} {'gateway p99':>11} {'provider cpu':>12} {'gateway cpu':>11}"
         )
         for scenario in scenarios:
             samples: dict[str, list[Sample]] = {"direct": [], "gateway": []}
             for round_ in range(rounds):
                 order = ["direct", "gateway"] if round_ % 2 == 0 else ["gateway", "direct"]
                 for target in order:
-                    samples[target].append(await run_load(targets[target], scenario))
+                    samples[target].append(
+                        await measured(targets[target], scenario, servers[target])
+                    )
             served += scenario.requests * rounds
             d, g = (_median(samples[t]) for t in ("direct", "gateway"))
             print(
                 f"{scenario.name:<12} {d.rps:>10.0f} {g.rps:>11.0f} {g.rps / d.rps:>6.2f} "
                 f"{d.p50_ms:>8.2f}ms {g.p50_ms:>9.2f}ms {g.p50_ms - d.p50_ms:>7.2f}ms "
-                f"{d.p99_ms:>8.2f}ms {g.p99_ms:>9.2f}ms"
+                f"{d.p99_ms:>8.2f}ms {g.p99_ms:>9.2f}ms "
+                f"{d.cpu_us:>8.0f}µs/c {g.cpu_us:>7.0f}µs/c"
             )
 
         emitted = await wait_for_events(gateway, served)
@@ -229,6 +251,7 @@ def _median(samples: list[Sample]) -> Sample:
         rps=statistics.median(s.rps for s in samples),
         p50_ms=statistics.median(s.p50_ms for s in samples),
         p99_ms=statistics.median(s.p99_ms for s in samples),
+        cpu_us=statistics.median(s.cpu_us for s in samples),
     )
 
 

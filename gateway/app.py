@@ -94,6 +94,7 @@ async def _lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
     proxy.session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies between callers
     )
     await proxy.emitter.start()
     await feed.start()

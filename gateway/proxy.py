@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiohttp import web
+from yarl import URL
 
 from gateway.auth import Authenticator
 from gateway.budget_book import BudgetBook, Reservation
@@ -81,6 +82,8 @@ class Proxy:
     metrics: GatewayMetrics
     session: aiohttp.ClientSession
     _exact_routes: dict[str, list[BackendConfig]] = field(init=False)
+    _urls: dict[tuple[str, str, str], URL] = field(init=False, default_factory=dict)
+    _timeouts: dict[tuple[str, bool], aiohttp.ClientTimeout] = field(init=False)
 
     def __post_init__(self) -> None:
         # Models named exactly resolve with one dict lookup; patterns are matched per call.
@@ -88,6 +91,11 @@ class Proxy:
             model: backends
             for model in self.routes.models
             if (backends := self.routes.backends_for(model)) is not None
+        }
+        self._timeouts = {
+            (backend.name, streamed): _timeout(backend, streamed)
+            for backend in self.routes.backends
+            for streamed in (False, True)
         }
 
     async def handle(
@@ -176,6 +184,16 @@ class Proxy:
             self.metrics.metering_faults.inc()
             log.exception("metrics failed for call %s", call.event_id)
 
+    def _upstream_url(self, backend: BackendConfig, path: str, model: str) -> URL:
+        """The backend URL as a parsed ``URL``, remembered (parsing it is not free)."""
+        key = (backend.name, path, model)
+        url = self._urls.get(key)
+        if url is None:
+            url = URL(upstream_url(backend, path, model))
+            if len(self._urls) < 10_000:  # model names come from callers: stay bounded
+                self._urls[key] = url
+        return url
+
     def _backend_failed(self, backend: str, reason: str) -> None:
         self.router.record_failure(backend)
         self.metrics.upstream_failures.labels(backend).inc()
@@ -245,15 +263,11 @@ class Proxy:
             call.backend, call.provider = backend.name, backend.provider_name
             injected_usage = with_usage[1] is not raw and backend.stream_usage
             body = with_usage[1] if injected_usage else raw
-            timeout = aiohttp.ClientTimeout(
-                total=None if call.streamed else backend.timeout_s,
-                connect=backend.connect_timeout_s,
-                sock_read=backend.timeout_s,
-            )
+            timeout = self._timeouts[backend.name, call.streamed]
             started = time.monotonic()
             try:
                 upstream = await self.session.post(
-                    upstream_url(backend, request.path, call.request_model or ""),
+                    self._upstream_url(backend, request.path, call.request_model or ""),
                     data=body,
                     headers=upstream_headers(
                         backend, request.headers, self.secrets.get(backend.name)
@@ -419,6 +433,14 @@ def _log_call(event: UsageEvent) -> None:
         event.duration_ms,
         extra={"fields": fields},
     )
+
+
+def _timeout(backend: BackendConfig, streamed: bool) -> aiohttp.ClientTimeout:
+    """A whole answer must come within the backend's timeout; a stream may take longer,
+    as long as no gap between its events does."""
+    if streamed:
+        return aiohttp.ClientTimeout(connect=backend.connect_timeout_s, sock_read=backend.timeout_s)
+    return aiohttp.ClientTimeout(total=backend.timeout_s, connect=backend.connect_timeout_s)
 
 
 def _upstream_error(error: BaseException, backend: str) -> GatewayError:

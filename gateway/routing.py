@@ -79,6 +79,8 @@ class Router:
     def candidates(self, backends: list[BackendConfig]) -> list[BackendConfig]:
         """The backends to try, in order, leaving out those whose circuit is open."""
         now = time.monotonic()
+        if len(backends) == 1:
+            return backends if self.breaker(backends[0].name).allows(now) else []
         ordered: list[BackendConfig] = []
         by_priority = sorted(backends, key=lambda b: b.priority)
         for _, group in groupby(by_priority, key=lambda b: b.priority):
