@@ -89,6 +89,25 @@ def gateway(obj: _Context, port: int | None) -> None:
     run(resolve_parts(settings, os.environ, settings.kafka.bootstrap_servers))
 
 
+@cli.command()
+@click.pass_obj
+def worker(obj: _Context) -> None:
+    """Run a stream worker: price usage, keep budgets, detect anomalies, deliver alerts.
+
+    Start several to scale out; they share the work by topic partitions.
+    """
+    from stream.worker import run
+
+    settings = obj.settings()
+    configure_logging(settings.log.level, json_lines=settings.log.format == "json")
+    if settings.kafka.bootstrap_servers is None:
+        raise click.UsageError(
+            "the worker needs a broker: set KAFKA_BOOTSTRAP_SERVERS "
+            "(`tollgate broker` prints it), or use `tollgate up`"
+        )
+    run(settings, settings.kafka.bootstrap_servers, loglevel=settings.log.level)
+
+
 def _planned(name: str, what: str) -> None:
     @cli.command(name=name, help=f"{what} (not available in this build yet).")
     def command() -> None:

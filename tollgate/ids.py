@@ -7,6 +7,7 @@ around 74 random bits.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -25,3 +26,13 @@ def uuid7(unix_ms: int | None = None) -> uuid.UUID:
 def uuid7_unix_ms(value: uuid.UUID) -> int:
     """The creation time, in Unix milliseconds, stamped into a UUIDv7."""
     return value.int >> 80
+
+
+def uuid7_for(unix_ms: int, name: bytes) -> uuid.UUID:
+    """A UUIDv7 for ``unix_ms`` whose other bits come from ``name``: the same name gives
+    the same id, so a record re-made after a restart keeps its identity (receivers dedupe)."""
+    rand = int.from_bytes(hashlib.blake2b(name, digest_size=10).digest(), "big")
+    rand_a = rand >> 68
+    rand_b = rand & ((1 << 62) - 1)
+    value = (unix_ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+    return uuid.UUID(int=value)

@@ -108,6 +108,11 @@ class StreamSettings(Section):
     price_catalog: Path | None = None
     """A price catalog file (Tollgate YAML or LiteLLM JSON); unset: the shipped one."""
     budgets_file: Path | None = None
+    """YAML budget definitions, loaded at start (more arrive on the definitions topic)."""
+    webhooks_file: Path | None = None
+    """YAML list of webhook targets that alerts are delivered to."""
+    dedupe_window_s: Seconds = 3600
+    """How long a usage event's id is remembered to drop redeliveries of it."""
     web_port: Port = 6066
 
 

@@ -34,6 +34,9 @@ BUDGET_DEFINITIONS = TopicSpec(
 )
 BUDGET_STATE = TopicSpec("tollgate.budget-state.v1", BudgetState, compacted=True)
 ALERTS = TopicSpec("tollgate.alerts.v1", Alert)
+BUDGET_CONTRIBUTIONS = TopicSpec("tollgate.budget-contributions.v1", None)
+"""Internal to the stream: each priced call's share of each budget it falls under, keyed by
+the budget state's key, so that one worker owns each budget subject (a repartition)."""
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     USAGE,
@@ -42,6 +45,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     BUDGET_DEFINITIONS,
     BUDGET_STATE,
     ALERTS,
+    BUDGET_CONTRIBUTIONS,
 )
 
 
@@ -85,3 +89,7 @@ class Topics:
     @property
     def alerts(self) -> str:
         return self.name(ALERTS)
+
+    @property
+    def budget_contributions(self) -> str:
+        return self.name(BUDGET_CONTRIBUTIONS)
