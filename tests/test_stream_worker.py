@@ -3,19 +3,28 @@ budget state and threshold alerts."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import openai
 import pytest
+import yaml
+from aiohttp import web
 
+from tests.conftest import Providers
 from tests.factories import make_usage
+from tests.gateway_world import ACME_KEY, routes_for, start_gateway
+from tests.servers import AppServer
 from tests.stream_world import (
     StreamWorker,
     TopicReader,
     produce,
     usage_records,
+    wait_until,
     worker_env,
     write_budgets,
 )
@@ -165,3 +174,242 @@ def _state(record: object) -> BudgetState:
 
 def _alerts(records: list) -> list[Alert]:
     return [decode(r.value, Alert) for r in records]
+
+
+async def test_a_budget_spent_through_the_gateway_makes_the_gateway_refuse_the_next_call(
+    kafka_settings: KafkaSettings,
+    broker: str,
+    topics: Topics,
+    providers: Providers,
+    tmp_path: Path,
+) -> None:
+    budgets = write_budgets(
+        tmp_path / "budgets.yaml",
+        [
+            {
+                "budget_id": "acme-small",
+                "scope": {"tenant": "acme"},
+                "window": {"rolling": "1h"},
+                "limit_tokens": 3000,
+            }
+        ],
+    )
+    env = worker_env(kafka_settings, broker, tmp_path, TOLLGATE_STREAM_BUDGETS_FILE=str(budgets))
+    worker = StreamWorker(env, tmp_path / "worker.log").start()
+    routes = routes_for([providers.primary.base_url], providers.claude.base_url)
+    gateway = await asyncio.to_thread(
+        start_gateway, kafka_settings, broker, topics, routes, tmp_path / "spool", read=False
+    )
+    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=ACME_KEY, max_retries=0)
+    messages = [{"role": "user", "content": "Count to sixteen for the budget, please."}]
+    try:
+        # Until the worker has joined and counted a first call, no state is known and
+        # the gateway fails open; from then on the budget governs.
+        deadline = asyncio.get_running_loop().time() + 60
+        while asyncio.get_running_loop().time() < deadline:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=messages
+            )
+            if "x-tollgate-budget" in raw.headers:
+                break
+            await asyncio.sleep(0.2)
+        remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
+        used = int(raw.headers["x-token-used"])
+        served = 0
+        refusal = None
+        while refusal is None and served < 100:
+            try:
+                await client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+                served += 1
+            except openai.RateLimitError as error:
+                refusal = error
+    finally:
+        await client.close()
+        await asyncio.to_thread(gateway.stop)
+        worker.stop()
+    assert refusal is not None, worker.log()
+    assert refusal.code == "budget_exceeded"
+    assert "acme-small" in refusal.message
+    assert int(refusal.response.headers["retry-after"]) > 0
+    # Once the budget is known, the gateway's own accounting of the calls the stream
+    # has not counted yet stops the tenant at the limit, without overshoot.
+    assert served <= remaining // used + 1
+
+
+async def test_a_worker_killed_under_load_and_restarted_ends_with_exact_totals(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics, tmp_path: Path
+) -> None:
+    budgets = write_budgets(
+        tmp_path / "budgets.yaml",
+        [
+            {
+                "budget_id": "per-tenant",
+                "scope": {"tenant": "*"},
+                "window": {"rolling": "1h"},
+                "limit_tokens": 10_000_000,
+            },
+            {
+                "budget_id": "per-model",
+                "scope": {"request_model": "*"},
+                "window": {"calendar": "day"},
+                "limit_usd": "1000",
+            },
+        ],
+    )
+    env = worker_env(kafka_settings, broker, tmp_path, TOLLGATE_STREAM_BUDGETS_FILE=str(budgets))
+    tenants = ["acme", "globex", "initech", "umbrella", "hooli", "stark"]
+    sent: list[UsageEvent] = []
+    states = await TopicReader(kafka_settings, broker, topics.budget_state).start()
+    worker = StreamWorker(env, tmp_path / "worker.log").start()
+
+    async def traffic(chunks: int) -> None:
+        for _ in range(chunks):
+            chunk = [
+                now_usage(
+                    tenant=tenants[i % len(tenants)],
+                    input_tokens=500 + i % 7,
+                    cache_read_input_tokens=i % 300,
+                )
+                for i in range(100)
+            ]
+            sent.extend(chunk)
+            await produce(kafka_settings, broker, topics.usage, usage_records(chunk))
+            await asyncio.sleep(0.05)
+
+    try:
+        await traffic(1)
+        await states.wait_for(lambda records: len(records) > 0, timeout_s=60)  # it is running
+        load = asyncio.create_task(traffic(30))
+        await asyncio.sleep(1.0)
+        worker.kill()  # mid-batch, between commits
+        killed_after = len(sent)
+        worker = StreamWorker(env, tmp_path / "worker.log").start()
+        await load
+        assert 200 < killed_after < len(sent)
+        # The gateway delivered some events twice, too.
+        await produce(kafka_settings, broker, topics.usage, usage_records(sent[::50]))
+
+        expected = {
+            t: sum(e.input_tokens + e.output_tokens for e in sent if e.tenant == t) for t in tenants
+        }
+
+        def settled(records: list) -> bool:
+            latest = {}
+            for record in records:
+                state = _state(record)
+                latest[state.subject] = state
+            return all(
+                latest.get(f"tenant={t}") is not None
+                and latest[f"tenant={t}"].spent_tokens == expected[t]
+                for t in tenants
+            )
+
+        await states.wait_for(settled, timeout_s=90)
+        await states.settle(quiet_s=2.0)
+    finally:
+        worker.stop()
+        await states.stop()
+
+    latest: dict[str, BudgetState] = {}
+    for record in states.records:
+        state = _state(record)
+        latest[state.key()] = state
+    for tenant in tenants:  # never more than the truth, even briefly
+        for record in states.records:
+            state = _state(record)
+            if state.subject == f"tenant={tenant}":
+                assert state.spent_tokens <= expected[tenant]
+    model = latest["per-model|request_model=gpt-4o"]
+    assert model.spent_tokens == sum(expected.values())
+
+
+async def test_a_cost_spike_raises_one_anomaly_alert_delivered_to_a_webhook_after_a_failure(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics, tmp_path: Path
+) -> None:
+    received: list[Alert] = []
+    attempts = 0
+
+    async def receive(request: web.Request) -> web.Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            return web.Response(status=503)  # the receiver is briefly down
+        received.append(decode(await request.read(), Alert))
+        return web.Response(status=204)
+
+    def receiver_app() -> web.Application:
+        app = web.Application()
+        app.router.add_post("/hook", receive)
+        return app
+
+    receiver = AppServer(receiver_app).start()
+    hooks = tmp_path / "webhooks.yaml"
+    hooks.write_text(
+        yaml.safe_dump({"webhooks": [{"url": f"{receiver.url}/hook", "backoff_initial_s": 0.1}]})
+    )
+    env = worker_env(kafka_settings, broker, tmp_path, TOLLGATE_STREAM_WEBHOOKS_FILE=str(hooks))
+    worker = StreamWorker(env, tmp_path / "worker.log").start()
+    alerts = await TopicReader(kafka_settings, broker, topics.alerts).start()
+    rng = random.Random(7)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=70)
+    steady = []
+    for minute in range(60):  # an hour of ordinary spend, two calls a minute
+        for second in (10, 40):
+            end = start + timedelta(minutes=minute, seconds=second)
+            steady.append(
+                now_usage(
+                    time=end - timedelta(seconds=1),
+                    end_time=end,
+                    cache_read_input_tokens=0,
+                    reasoning_tokens=0,
+                    input_tokens=rng.randint(800, 1200),
+                    output_tokens=rng.randint(200, 400),
+                )
+            )
+    spike_end = start + timedelta(minutes=61, seconds=20)
+    spike = now_usage(
+        time=spike_end - timedelta(seconds=5),
+        end_time=spike_end,
+        api_key_id="acme-batch-job",
+        cache_read_input_tokens=0,
+        reasoning_tokens=0,
+        input_tokens=1_000_000,
+        output_tokens=2_000_000,  # about $22.50 of gpt-4o in one minute
+    )
+    after = [
+        now_usage(
+            time=start + timedelta(minutes=m, seconds=9),
+            end_time=start + timedelta(minutes=m, seconds=10),
+            cache_read_input_tokens=0,
+            reasoning_tokens=0,
+        )
+        for m in range(62, 66)
+    ]
+    try:
+        await produce(kafka_settings, broker, topics.usage, usage_records([*steady, spike, *after]))
+        await alerts.wait_for(
+            lambda r: any(decode(x.value, Alert).kind is AlertKind.COST_ANOMALY for x in r),
+            timeout_s=60,
+        )
+        await alerts.settle(quiet_s=2.0)
+        await wait_until(lambda: len(received) >= len(alerts.records), timeout_s=15)
+    finally:
+        worker.stop()
+        await alerts.stop()
+        receiver.stop()
+
+    anomalies = [a for a in _alerts(alerts.records) if a.kind is AlertKind.COST_ANOMALY]
+    assert len(anomalies) == 1, [a.summary for a in anomalies]
+    (anomaly,) = anomalies
+    assert anomaly.since == spike_end.replace(second=0)
+    assert anomaly.actual_usd is not None
+    assert anomaly.expected_usd is not None
+    assert anomaly.actual_usd > Decimal(20)
+    assert anomaly.expected_usd < Decimal("0.1")
+    assert "gpt-4o" in anomaly.summary
+    # The key behind it had never spent before: said once, as a new spender.
+    (newcomer,) = [a for a in _alerts(alerts.records) if a.kind is AlertKind.NEW_SPENDER]
+    assert "acme-batch-job" in newcomer.summary
+    assert len(alerts.records) == 2
+    assert {a.alert_id for a in received} == {anomaly.alert_id, newcomer.alert_id}
+    assert attempts == 3  # one refused by the receiver, retried

@@ -1,0 +1,303 @@
+"""The Parquet lake: where priced events are kept for good, and how it is laid out.
+
+The lake is the durable history. The embedded broker keeps nothing on disk, so whatever
+must survive a restart (budget state, above all) is rebuilt from here. The sink writes
+it; the stream's rebuild and the analytics (DuckDB, pandas) read it. Layout::
+
+    <lake>/priced/date=YYYY-MM-DD/<name>.parquet     one row per priced event
+    <lake>/alerts/date=YYYY-MM-DD/<name>.parquet     alerts (layout only, for now)
+    <lake>/budget_state/date=YYYY-MM-DD/<name>.parquet
+
+``date`` is the UTC date of the event's ``end_time`` (the instant budgets count it at), so
+a reader asking for a time range opens only the partitions that can hold it, and every
+copy of an event lands in the same partition. A file is written under ``<name>.tmp`` and
+renamed when complete: readers take only names ending in ``.parquet``.
+
+The lake is at-least-once: a file may repeat events another file holds (a sink that
+crashed between writing and committing its offsets writes them again). Readers that add
+things up dedupe by ``event_id``.
+
+Schema decisions (``PRICED_SCHEMA``):
+
+- ``event_id`` is the canonical UUID text (``8-4-4-4-12``, lower case): what DuckDB,
+  pandas and a human read without a conversion.
+- Instants are ``timestamp[us, tz=UTC]``, Python's own precision, so they round-trip.
+- Money is ``decimal128(38, 12)``: exact, never a float. Twelve decimals hold any price
+  catalog rate down to $0.000001 per million tokens; a cost with more decimals is refused
+  when the table is built, never rounded. 26 integer digits leave room for any sum.
+- Enums (``operation``, ``usage_source``, ``status``) are their string values. Parquet
+  dictionary-encodes such low-cardinality columns on disk by itself, so they cost about
+  what an integer code would, and readers see plain, stable strings.
+- ``tags`` is a ``map<string, string>``: typed, and DuckDB reads it as ``tags['env']``
+  without parsing JSON. An event without tags has an empty map.
+- Lineage columns ``_topic``, ``_partition``, ``_offset`` say where in the priced topic the
+  row came from (null when unknown): what makes exactly-once writes by offset range
+  checkable.
+
+Schema evolution: columns are only ever added, with a default. ``read_priced`` reads every
+file against ``PRICED_SCHEMA``: a column an older file lacks reads as null (and
+``table_to_priced`` gives the field its default), a column this code does not know is
+ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from tollgate.contract import PricedEvent
+
+PRICED = "priced"
+"""Sub-lake of priced events."""
+ALERTS = "alerts"
+"""Sub-lake of alerts (layout only; nothing writes it yet)."""
+BUDGET_STATE = "budget_state"
+"""Sub-lake of published budget states (layout only; nothing writes it yet)."""
+
+PARQUET_SUFFIX = ".parquet"
+TMP_SUFFIX = ".tmp"
+"""A file still being written; readers never open it."""
+_PARTITION = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+
+MONEY = pa.decimal128(38, 12)
+"""USD amounts: exact to 12 decimal places (a millionth of a millionth of a dollar)."""
+INSTANT = pa.timestamp("us", tz="UTC")
+
+LINEAGE_COLUMNS = ("_topic", "_partition", "_offset")
+
+PRICED_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("time", INSTANT, nullable=False),
+        pa.field("end_time", INSTANT, nullable=False),
+        pa.field("tenant", pa.string()),
+        pa.field("team", pa.string()),
+        pa.field("api_key_id", pa.string()),
+        pa.field("user", pa.string()),
+        pa.field("tags", pa.map_(pa.string(), pa.string())),
+        pa.field("provider", pa.string(), nullable=False),
+        pa.field("operation", pa.string(), nullable=False),
+        pa.field("request_model", pa.string()),
+        pa.field("response_model", pa.string()),
+        pa.field("backend", pa.string()),
+        pa.field("input_tokens", pa.int64(), nullable=False),
+        pa.field("output_tokens", pa.int64(), nullable=False),
+        pa.field("cache_read_input_tokens", pa.int64(), nullable=False),
+        pa.field("cache_creation_input_tokens", pa.int64(), nullable=False),
+        pa.field("reasoning_tokens", pa.int64(), nullable=False),
+        pa.field("usage_source", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("http_status", pa.int32(), nullable=False),
+        pa.field("duration_ms", pa.float64(), nullable=False),
+        pa.field("ttft_ms", pa.float64()),
+        pa.field("streamed", pa.bool_(), nullable=False),
+        pa.field("input_cost_usd", MONEY, nullable=False),
+        pa.field("cache_read_cost_usd", MONEY, nullable=False),
+        pa.field("cache_creation_cost_usd", MONEY, nullable=False),
+        pa.field("output_cost_usd", MONEY, nullable=False),
+        pa.field("request_cost_usd", MONEY, nullable=False),
+        pa.field("cost_usd", MONEY, nullable=False),
+        pa.field("price_version", pa.string(), nullable=False),
+        pa.field("price_fallback", pa.bool_(), nullable=False),
+        pa.field("_topic", pa.string()),
+        pa.field("_partition", pa.int32()),
+        pa.field("_offset", pa.int64()),
+    ],
+    metadata={"tollgate.record": "PricedEvent", "tollgate.lake_schema": "1"},
+)
+"""One column per ``PricedEvent`` field, then the lineage columns."""
+
+_EVENT_FIELDS: tuple[str, ...] = PricedEvent.__struct_fields__
+_EVENT_DEFAULTS = frozenset(
+    field.name for field in msgspec.structs.fields(PricedEvent) if not field.required
+)
+"""Fields with a default: a null read from the lake (a column an old file lacks) takes it."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+if set(_EVENT_FIELDS) != set(PRICED_SCHEMA.names) - set(LINEAGE_COLUMNS):  # pragma: no cover
+    raise ImportError("PRICED_SCHEMA no longer has one column per PricedEvent field")
+
+
+def partition_date(instant: datetime) -> date:
+    """The date partition of an event ending at ``instant``: its UTC date."""
+    return _aware(instant, "instant").astimezone(UTC).date()
+
+
+def partition_dir(lake: Path, day: date, sub_lake: str = PRICED) -> Path:
+    """``<lake>/<sub_lake>/date=YYYY-MM-DD``."""
+    return lake / sub_lake / f"date={day.isoformat()}"
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` (a ``.parquet`` name) so no reader sees half a file.
+
+    The file is written as ``<path>.tmp``, flushed to disk, then renamed into place.
+    """
+    if path.suffix != PARQUET_SUFFIX:
+        raise ValueError(f"lake files end in {PARQUET_SUFFIX}: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with tmp.open("wb") as sink:
+        pq.write_table(table, sink)
+        sink.flush()
+        os.fsync(sink.fileno())
+    tmp.replace(path)
+
+
+def priced_to_table(
+    events: Sequence[PricedEvent], lineage: Sequence[tuple[str, int, int]] | None = None
+) -> pa.Table:
+    """The lake rows of ``events``; ``lineage`` is (topic, partition, offset) per event.
+
+    Raises ``ValueError`` for a cost with more than 12 decimals: the lake never rounds.
+    """
+    if lineage is not None and len(lineage) != len(events):
+        raise ValueError(f"{len(lineage)} lineage entries for {len(events)} events")
+    columns: dict[str, list[Any]] = {name: [] for name in PRICED_SCHEMA.names}
+    for event in events:
+        for name in _EVENT_FIELDS:
+            columns[name].append(getattr(event, name))
+    columns["event_id"] = [str(value) for value in columns["event_id"]]
+    columns["tags"] = [list(tags.items()) for tags in columns["tags"]]
+    if lineage is None:
+        for name in LINEAGE_COLUMNS:
+            columns[name] = [None] * len(events)
+    else:
+        for name, values in zip(LINEAGE_COLUMNS, zip(*lineage, strict=True), strict=True):
+            columns[name] = list(values)
+    arrays = []
+    for field in PRICED_SCHEMA:
+        try:
+            arrays.append(pa.array(columns[field.name], type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise ValueError(f"column {field.name!r} does not fit the lake: {error}") from None
+    return pa.Table.from_arrays(arrays, schema=PRICED_SCHEMA)
+
+
+def table_to_priced(table: pa.Table | pa.RecordBatch) -> list[PricedEvent]:
+    """The priced events in ``table`` (lake rows), validated as the contract says.
+
+    A column the table lacks, or a null where the event has a default, gives the
+    field its default; lineage and unknown columns are left out.
+    """
+    names = [name for name in _EVENT_FIELDS if name in table.schema.names]
+    columns: dict[str, list[Any]] = {}
+    for name in names:
+        column = table.column(name)
+        if pa.types.is_timestamp(column.type):
+            micros = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+            columns[name] = [None if us is None else _instant(us) for us in micros.to_pylist()]
+        elif pa.types.is_decimal(column.type):
+            columns[name] = [None if v is None else _plain(v) for v in column.to_pylist()]
+        elif pa.types.is_map(column.type):
+            columns[name] = [None if v is None else dict(v) for v in column.to_pylist()]
+        else:
+            columns[name] = column.to_pylist()
+    events = []
+    for row in range(table.num_rows):
+        fields = {}
+        for name in names:
+            value = columns[name][row]
+            if value is None and name in _EVENT_DEFAULTS:
+                continue
+            fields[name] = value
+        events.append(msgspec.convert(fields, PricedEvent))
+    return events
+
+
+def priced_dates(
+    lake: Path, since: datetime | None = None, until: datetime | None = None
+) -> list[date]:
+    """The date partitions that can hold events ending in ``[since, until)``, oldest first.
+
+    Found by directory name alone: no file is opened.
+    """
+    root = lake / PRICED
+    if not root.is_dir():
+        return []
+    first = partition_date(since) if since is not None else date.min
+    last = partition_date(until - timedelta(microseconds=1)) if until is not None else date.max
+    days = []
+    for directory in root.iterdir():
+        match = _PARTITION.match(directory.name)
+        if match is None or not directory.is_dir():
+            continue
+        try:
+            day = date.fromisoformat(match.group(1))
+        except ValueError:  # date=2026-13-40: not a partition this code wrote
+            continue
+        if first <= day <= last:
+            days.append(day)
+    return sorted(days)
+
+
+def priced_files(
+    lake: Path, since: datetime | None = None, until: datetime | None = None
+) -> list[Path]:
+    """The finished Parquet files of the partitions that can hold events ending in
+    ``[since, until)``, oldest partition first. Files elsewhere are never opened."""
+    files: list[Path] = []
+    for day in priced_dates(lake, since, until):
+        directory = partition_dir(lake, day)
+        files.extend(
+            sorted(
+                path
+                for path in directory.iterdir()
+                if path.name.endswith(PARQUET_SUFFIX) and path.is_file()
+            )
+        )
+    return files
+
+
+def read_priced(
+    lake: Path,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Lake rows of events whose ``end_time`` is in ``[since, until)``, in batches.
+
+    Every batch has ``PRICED_SCHEMA``'s types (only ``columns``, if given): older files
+    read with nulls in the columns they lack, unknown columns are dropped. Rows are not
+    deduplicated; see the module docstring.
+    """
+    files = priced_files(lake, since, until)
+    if not files:
+        return
+    condition = None
+    if since is not None:
+        condition = ds.field("end_time") >= pa.scalar(_aware(since, "since"), type=INSTANT)
+    if until is not None:
+        before = ds.field("end_time") < pa.scalar(_aware(until, "until"), type=INSTANT)
+        condition = before if condition is None else condition & before
+    dataset = ds.dataset([str(path) for path in files], schema=PRICED_SCHEMA, format="parquet")
+    selected = list(columns) if columns is not None else None
+    yield from dataset.to_batches(columns=selected, filter=condition)
+
+
+def _aware(instant: datetime, name: str) -> datetime:
+    if instant.tzinfo is None or instant.utcoffset() is None:
+        raise ValueError(f"`{name}` must be timezone-aware, got {instant!r}")
+    return instant
+
+
+def _instant(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _plain(amount: Decimal) -> Decimal:
+    """``0.000150000000`` → ``0.00015``, ``100.000000000000`` → ``100``: the same amount,
+    written as the contract writes it (no exponent, no padding)."""
+    normal = amount.normalize()
+    return normal.quantize(Decimal(1)) if normal.as_tuple().exponent > 0 else normal
