@@ -19,9 +19,7 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.harness import BIN, cpu_seconds, start_process, wait_ready
 from tollgate.broker import EmbeddedBroker, ensure_topics, free_port
 from tollgate.settings import KafkaSettings
 
@@ -40,8 +39,6 @@ BODY = {
     "model": "gpt-4o-mini",
     "messages": [{"role": "user", "content": "Write one short sentence about tollgates."}],
 }
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 
 @dataclass(frozen=True)
@@ -62,12 +59,6 @@ class Sample:
     p99_ms: float
     cpu_us: float = 0.0
     """CPU time the serving process (provider, or gateway) spent per call."""
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measured(url: str, scenario: Scenario, pid: int) -> Sample:
@@ -107,31 +98,6 @@ async def run_load(url: str, scenario: Scenario) -> Sample:
         p50_ms=latencies[len(latencies) // 2] * 1000,
         p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
     )
-
-
-def start_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        args,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-
-
-async def wait_ready(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} never became ready")
-            await asyncio.sleep(0.1)
 
 
 async def events_emitted(gateway: str) -> float:

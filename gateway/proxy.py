@@ -123,9 +123,9 @@ class Proxy:
                     call.principal.api_key_id, call.principal.rate_limit, time.monotonic()
                 )
             dimensions = call.principal.dimensions(model, backends[0].provider_name)
-            # The body's size over-counts its text, so the reservation errs on the safe side;
-            # the call's real usage replaces it when the call ends.
-            estimate = estimate_tokens(len(raw))
+            # The body's size over-counts its text and the output cap bounds the answer, so
+            # the reservation errs on the safe side; real usage replaces it at the end.
+            estimate = estimate_tokens(len(raw)) + _output_cap(payload)
             reservation, limits.budget = self.budgets.admit(
                 dimensions, estimate, Decimal(0), datetime.now(UTC)
             )
@@ -433,6 +433,15 @@ def _log_call(event: UsageEvent) -> None:
         event.duration_ms,
         extra={"fields": fields},
     )
+
+
+def _output_cap(payload: dict[str, Any]) -> int:
+    """The most output tokens the request allows, when it says (0 when it does not)."""
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
 
 
 def _timeout(backend: BackendConfig, streamed: bool) -> aiohttp.ClientTimeout:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from stream.faust_options import faust_options
 from stream.meter import Meter, UsageRecord
 from stream.metrics import StreamMetrics
 from stream.partitioned_table import add_table
+from stream.seen_ids import SeenIds
 from stream.webhooks import WebhookSender, load_webhook_targets
 from tollgate.contract import Alert, BudgetDefinition, PricedEvent, decode, encode
 from tollgate.kafka import client_options
@@ -53,12 +55,12 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     usage_topic = app.topic(topics.usage, **raw)
     priced_topic = app.topic(topics.priced, **raw)
-    dlq_topic = app.topic(topics.usage_dlq, **raw)
     contributions_topic = app.topic(topics.budget_contributions, **raw)
-    state_topic = app.topic(topics.budget_state, **raw)
     alerts_topic = app.topic(topics.alerts, **raw)
 
-    seen_ids = add_table(app, "seen-usage-ids", kafka.partitions)
+    seen_ids = SeenIds(
+        add_table(app, "seen-usage-ids", kafka.partitions), settings.stream.dedupe_window_s
+    )
     subjects = add_table(app, "budget-subjects", kafka.partitions)
 
     budgets = BudgetIndex(
@@ -81,22 +83,27 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
                 )
                 for e in events
             ]
-            out = meter.process(records, seen_ids.get)
+            out = meter.process(records, seen_ids.first_offset)
+            produce = app.producer.send
             sent = [
-                dlq_topic.send_soon(
-                    key=dead.key,
-                    value=dead.value,
-                    headers={
+                await produce(
+                    topics.usage_dlq,
+                    dead.key,
+                    dead.value,
+                    None,
+                    None,
+                    {
                         "tollgate-error": dead.reason.encode()[:1000],
                         "tollgate-source": _source(topics.usage, dead.partition, dead.offset),
                     },
                 )
                 for dead in out.dead
             ]
-            sent += [priced_topic.send_soon(key=k, value=v) for k, v in out.priced]
-            sent += [contributions_topic.send_soon(key=k, value=v) for k, v in out.contributions]
-            for key, value in out.seen.items():
-                seen_ids[key] = value
+            sent += await _send_all(app, topics.priced, out.priced)
+            sent += await _send_all(app, topics.budget_contributions, out.contributions)
+            now_s = time.time()
+            for partition, entries in out.seen.items():
+                seen_ids.record(partition, entries, now_s)
             await _delivered(sent)
             metrics.meter_batch(len(records), out)
 
@@ -109,8 +116,11 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             out = stage.process(records, subjects.get, datetime.now(UTC))
             for key, value in out.writes.items():
                 subjects[key] = value
-            sent = [state_topic.send_soon(key=k, value=v) for k, v in out.states]
-            sent += [alerts_topic.send_soon(key=k, value=v) for k, v in out.alerts]
+            produce = app.producer.send
+            sent = [
+                await produce(topics.budget_state, k, v, None, None, None) for k, v in out.states
+            ]
+            sent += [await produce(topics.alerts, k, v, None, None, None) for k, v in out.alerts]
             await _delivered(sent)
             metrics.budget_batch(out)
 
@@ -125,7 +135,15 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
         writes, states = stage.expire(mine, datetime.now(UTC))
         for key, value in writes.items():
             subjects[key] = value
-        await _delivered([state_topic.send_soon(key=k, value=v) for k, v in states])
+        await _delivered(await _send_all(app, topics.budget_state, states))
+
+    @app.timer(interval=60.0)
+    async def forget_old_usage_ids() -> None:
+        seen_ids.expire(time.time())
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: Any, **_: Any) -> None:  # type: ignore[misc]
+        seen_ids.forget_index()  # rebuilt from the recovered table on next use
 
     @app.agent(priced_topic, concurrency=1)
     async def watch_spend(stream: faust.StreamT[bytes]) -> None:
@@ -133,12 +151,12 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             found: list[Alert] = []
             for value in values:
                 found += detector.observe(decode(value, PricedEvent))
-            await _publish_alerts(alerts_topic, found, metrics)
+            await _publish_alerts(app, topics.alerts, found, metrics)
 
     @app.timer(interval=10.0)
     async def close_spend_buckets() -> None:
         now = datetime.now(UTC) - timedelta(seconds=ANOMALY_GRACE_S)
-        await _publish_alerts(alerts_topic, detector.advance(now), metrics)
+        await _publish_alerts(app, topics.alerts, detector.advance(now), metrics)
 
     @app.agent(alerts_topic, concurrency=1)
     async def deliver_alerts(stream: faust.StreamT[bytes]) -> None:
@@ -161,15 +179,23 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     return app
 
 
+async def _send_all(app: faust.App, topic: str, records: list[tuple[bytes, bytes]]) -> list[Any]:
+    """Hand records to the producer (batched by it); returns their delivery futures."""
+    send = app.producer.send
+    return [await send(topic, key, value, None, None, None) for key, value in records]
+
+
 async def _delivered(futures: list[Any]) -> None:
     """Wait until the broker acknowledged everything a batch produced."""
     if futures:
         await asyncio.gather(*futures)
 
 
-async def _publish_alerts(topic: faust.TopicT, alerts: list[Alert], metrics: StreamMetrics) -> None:
-    sent = [topic.send_soon(key=alert.subject.encode(), value=encode(alert)) for alert in alerts]
-    await _delivered(sent)
+async def _publish_alerts(
+    app: faust.App, topic: str, alerts: list[Alert], metrics: StreamMetrics
+) -> None:
+    records = [(alert.subject.encode(), encode(alert)) for alert in alerts]
+    await _delivered(await _send_all(app, topic, records))
     metrics.alerts(alerts)
 
 

@@ -20,12 +20,12 @@ from stream.budget_engine import (
     SubjectState,
     ThresholdCrossing,
     apply,
-    decode_contribution,
     decode_state,
     encode_state,
     expire,
     to_budget_state,
 )
+from stream.contribution_batch import decode_batch
 from stream.partitioned_table import partition_key
 from tollgate.contract import Alert, AlertKind, BudgetDefinition, Severity, encode
 from tollgate.ids import uuid7_for
@@ -70,12 +70,12 @@ class BudgetStage:
             if record.value is None:
                 continue
             try:
-                contribution = decode_contribution(record.value)
+                batch = decode_batch(record.value)
             except Exception as error:  # internal topic: a bug, not a caller's input
-                log.error("unreadable budget contribution at offset %s: %s", record.offset, error)
+                log.error("unreadable budget contributions at offset %s: %s", record.offset, error)
                 continue
-            key = partition_key(record.partition, contribution.state_key.encode())
-            grouped.setdefault(key, []).append(contribution)
+            key = partition_key(record.partition, batch.state_key.encode())
+            grouped.setdefault(key, []).extend(batch.contributions())
         for table_key, contributions in grouped.items():
             definition = self.budgets.get(contributions[0].budget_id)
             if definition is None:

@@ -5,7 +5,7 @@ record goes to the dead-letter topic with its reason), checked against the ids a
 seen (the gateway delivers at least once), priced with the catalog, and split into the
 contributions it makes to each budget it falls under.
 
-Remembering ids: ``seen`` maps a partition-scoped id to the offset it was first seen at.
+Remembering ids: ``seen`` gives the offset an id was first seen at in its partition.
 The same id at the *same* offset is this record read again after a restart (its
 contributions are sent again and the budget stage's watermarks drop them); at another
 offset it is a redelivery, dropped here.
@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from stream.budget_definitions import BudgetIndex
-from stream.budget_engine import contributions_for, encode_contribution
-from stream.partitioned_table import partition_key
+from stream.budget_engine import Contribution, contributions_for
+from stream.contribution_batch import batch_contributions, encode_batch
 from tollgate.contract import PricedEvent, UsageEvent, decode, encode
 from tollgate.errors import ContractError
 from tollgate.pricing import PriceCatalog
@@ -51,10 +51,10 @@ class MeterOutput:
     priced: list[tuple[bytes, bytes]] = field(default_factory=list)
     """(tenant, priced event) for the priced topic."""
     contributions: list[tuple[bytes, bytes]] = field(default_factory=list)
-    """(state key, contribution) for the contributions topic."""
+    """(state key, batch of its contributions) for the contributions topic."""
     dead: list[DeadLetter] = field(default_factory=list)
-    seen: dict[bytes, bytes] = field(default_factory=dict)
-    """Ids first seen in this batch: table key → ``offset:unix_seconds``."""
+    seen: dict[int, list[tuple[bytes, int]]] = field(default_factory=dict)
+    """Ids first seen in this batch, per partition, with their offsets."""
     duplicates: int = 0
     priced_events: list[PricedEvent] = field(default_factory=list)
 
@@ -65,9 +65,11 @@ class Meter:
         self.budgets = budgets
 
     def process(
-        self, records: Iterable[UsageRecord], seen: Callable[[bytes], bytes | None]
+        self, records: Iterable[UsageRecord], seen: Callable[[int, bytes], int | None]
     ) -> MeterOutput:
         out = MeterOutput()
+        contributions: list[Contribution] = []
+        batch_seen: dict[tuple[int, bytes], int] = {}
         for record in records:
             if record.value is None:
                 out.dead.append(_dead(record, b"", "empty record (no value)"))
@@ -77,22 +79,26 @@ class Meter:
             except ContractError as error:
                 out.dead.append(_dead(record, record.value, str(error)))
                 continue
-            id_key = partition_key(record.partition, event.event_id.bytes)
-            first = out.seen.get(id_key) or seen(id_key)
-            if first is not None and int(first.split(b":", 1)[0]) != record.offset:
+            event_id = event.event_id.bytes
+            first = batch_seen.get((record.partition, event_id))
+            if first is None:
+                first = seen(record.partition, event_id)
+            if first is not None and first != record.offset:
                 out.duplicates += 1
                 continue
             if first is None:
-                out.seen[id_key] = b"%d:%d" % (record.offset, int(record.timestamp_s))
+                batch_seen[(record.partition, event_id)] = record.offset
+                out.seen.setdefault(record.partition, []).append((event_id, record.offset))
             priced = self.catalog.price(event)
             out.priced_events.append(priced)
             out.priced.append(((event.tenant or "").encode(), encode(priced)))
-            for contribution in contributions_for(
+            contributions += contributions_for(
                 priced, self.budgets, partition=record.partition, offset=record.offset
-            ):
-                out.contributions.append(
-                    (contribution.state_key.encode(), encode_contribution(contribution))
-                )
+            )
+        out.contributions = [
+            (batch.state_key.encode(), encode_batch(batch))
+            for batch in batch_contributions(contributions)
+        ]
         return out
 
 

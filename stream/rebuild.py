@@ -2,37 +2,43 @@
 
 The embedded broker keeps nothing on disk: after it restarts, the budget stage's table
 and its changelog are empty. Every window still open at ``now`` is replayed from the
-Parquet lake instead: one pass over the date partitions that can hold live spend, the
-priced events deduplicated by ``event_id`` (the lake is at-least-once), their spend
-summed per subject and bucket, and the sums folded in with ``budget_engine.apply``, so
-the windows, thresholds and published fields are exactly what the stage would have
-computed from the same events.
+Parquet lake instead, in one pass over the date partitions that can hold live spend;
+the priced events are deduplicated by ``event_id`` (the lake is at-least-once), their
+spend is summed per subject and bucket, and the sums are folded in with
+``budget_engine.apply``, in event-time order and one batch per state key. Windows,
+threshold marks and the published fields are therefore exactly what the stage would
+have computed from the same events.
 
-What differs from the stage's own states, on purpose:
+What differs from a state the stage built itself, on purpose:
 
-- **No watermarks.** A watermark is an offset in the old broker's usage partitions.
-  A new broker numbers offsets from 0 again, so a kept watermark would make the stage
-  skip every new contribution below it as already counted: silent undercounting.
-  Spend is counted here under a synthetic partition and offset, and ``watermarks`` is
-  then emptied; the published ``as_of_offsets`` are empty too.
+- **No watermarks.** A watermark is an offset in the old broker's usage partitions. A
+  new broker numbers offsets from 0 again, so a kept watermark would make the stage skip
+  every new contribution below it as already counted: silent undercounting. Spend is
+  counted here under a synthetic partition and offsets, then ``watermarks`` is emptied;
+  the published ``as_of_offsets`` are empty too.
 - **Thresholds already crossed are marked alerted, and no alert is sent.** Their alerts
-  went out before the restart; the next one fires only for a threshold not yet crossed.
-- Only subjects with spend still in their window get a state; ``dropped_late`` counts
-  from the rebuild on. A subject with nothing in its window has no state, as after the
-  stage deleted it for being idle.
+  went out before the restart; the next alert is for a threshold not yet crossed.
+- **One contribution per subject and bucket**, not per event: a bucket only ever holds a
+  sum. Its ``event_time`` is the latest event time in the bucket (so ``as_of_time`` is
+  the latest counted), and its ``event_id`` is ``REBUILT_EVENT_ID``.
+- Only subjects with spend still in their window get a state, and ``dropped_late`` counts
+  from the rebuild on. A subject with nothing left in its window has no state, as if the
+  stage had deleted it for being idle.
 
-Rebuilding is vectorised with pyarrow: per date partition, only the needed columns are
-read, duplicates dropped, and rows grouped by subject dimensions and bucket; Python sees
-one row per group, not per event. Memory holds one day of those columns at a time.
+The work is vectorised with pyarrow: per date partition only the needed columns are
+read, duplicates dropped and, per budget, rows grouped by subject and bucket; Python
+sees one row per (subject, bucket), never one per event. Memory holds one day of those
+columns at a time: copies of an event share its ``end_time``, hence its partition, so
+deduplicating day by day deduplicates the lake.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from itertools import groupby
 from pathlib import Path
 
 import msgspec
@@ -40,31 +46,41 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stream.budget_definitions import BudgetIndex, SubjectMatch
+from stream.budget_definitions import BudgetIndex
 from stream.budget_engine import Contribution, SubjectState, apply, to_budget_state
 from stream.budget_windows import CalendarView, SlidingView, WindowView, utc, window_view
-from tollgate.contract import BudgetDefinition, BudgetState, BudgetWindow, Dimension
+from tollgate.contract import (
+    EACH,
+    BudgetDefinition,
+    BudgetState,
+    BudgetWindow,
+    Dimension,
+    state_key,
+    subject_key,
+)
 from tollgate.lake import PRICED_SCHEMA, priced_dates, read_priced
 
-DIMENSIONS = tuple(Dimension)
-"""Subject dimensions; each is also the name of its lake column."""
 REBUILD_COLUMNS = (
     "event_id",
     "end_time",
-    *(dimension.value for dimension in DIMENSIONS),
+    *(dimension.value for dimension in Dimension),
     "input_tokens",
     "output_tokens",
     "cost_usd",
 )
-"""All a rebuild reads from the lake."""
+"""All a rebuild reads from the lake; each ``Dimension`` is also its column's name."""
 REBUILD_PARTITION = -1
 """The synthetic source partition rebuilt spend is counted under (no real one is < 0)."""
+REBUILT_EVENT_ID = uuid.UUID(int=0)
+"""The ``event_id`` of a rebuilt contribution: it sums a bucket, not one event."""
 
 _READ_SCHEMA = pa.schema([PRICED_SCHEMA.field(name) for name in REBUILD_COLUMNS])
 _ZERO_USD = pa.scalar(Decimal(0), PRICED_SCHEMA.field("cost_usd").type)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ROW = "__row"
 _BUCKET = "__bucket"
+_SUMS = [("tokens", "sum"), ("usd", "sum"), ("end_us", "max")]
+"""Spend per group: its tokens, its dollars, its latest event time (Unix microseconds)."""
 
 
 def oldest_live_instant(definition: BudgetDefinition, now: datetime) -> datetime:
@@ -83,18 +99,35 @@ def oldest_live_instant(definition: BudgetDefinition, now: datetime) -> datetime
 
 def rebuild_states(lake: Path, budgets: BudgetIndex, now: datetime) -> dict[str, SubjectState]:
     """The state of every budget subject with spend in its window at ``now``, by state
-    key, from the priced events in ``lake``; see the module docstring for how it differs
-    from a state the stage built itself."""
+    key, from the priced events in ``lake``.
+
+    See the module docstring for how these states differ from ones the stage built.
+    """
     definitions = list(budgets)
     if not definitions:
         return {}
     since = min(oldest_live_instant(definition, now) for definition in definitions)
-    tally = _Tally(budgets, now)
+    views = {definition.window: window_view(definition.window, now) for definition in definitions}
+    partial: dict[str, list[pa.Table]] = {definition.budget_id: [] for definition in definitions}
     for day in priced_dates(lake, since=since):
         table = _read_day(lake, day, since)
-        if table.num_rows:
-            tally.add(table)
-    return tally.states()
+        if not table.num_rows:
+            continue
+        end_s = table.column("end_us").to_numpy() / 1e6
+        buckets: dict[BudgetWindow, np.ndarray] = {}
+        for definition in definitions:
+            window = definition.window
+            if window not in buckets:
+                buckets[window] = _buckets(views[window], end_s)
+            spend = _spend_by_bucket(table, buckets[window], definition)
+            if spend.num_rows:
+                partial[definition.budget_id].append(spend)
+    states: dict[str, SubjectState] = {}
+    for definition in definitions:
+        tables = partial[definition.budget_id]
+        if tables:
+            states.update(_apply_spend(_merge(tables, definition), definition, now))
+    return states
 
 
 def rebuilt_budget_states(
@@ -116,8 +149,8 @@ def rebuilt_budget_states(
 def _read_day(lake: Path, day: date, since: datetime) -> pa.Table:
     """One date partition's events since ``since`` that spent something, each once.
 
-    Copies of an event share its ``end_time`` and so its partition: deduplicating per
-    partition is deduplicating the lake. The first copy read is kept.
+    The first copy read of an event is kept. Columns: ``end_us`` (Unix microseconds),
+    the dimensions, ``tokens`` (input plus output) and ``usd``.
     """
     start = datetime.combine(day, time(), tzinfo=UTC)
     batches = read_priced(
@@ -135,6 +168,7 @@ def _read_day(lake: Path, day: date, since: datetime) -> pa.Table:
     )
     if len(first) < table.num_rows:
         table = table.take(first)
+    # Columns an older file lacked read as null: they count as nothing.
     tokens = pc.add(
         pc.fill_null(table.column("input_tokens"), 0),
         pc.fill_null(table.column("output_tokens"), 0),
@@ -143,9 +177,8 @@ def _read_day(lake: Path, day: date, since: datetime) -> pa.Table:
     spent = pc.or_(pc.greater(tokens, 0), pc.greater(usd, _ZERO_USD))
     table = pa.table(
         {
-            "event_id": table.column("event_id"),
             "end_us": table.column("end_time").cast(pa.int64()),
-            **{dimension.value: table.column(dimension.value) for dimension in DIMENSIONS},
+            **{dimension.value: table.column(dimension.value) for dimension in Dimension},
             "tokens": tokens,
             "usd": usd,
         }
@@ -153,143 +186,11 @@ def _read_day(lake: Path, day: date, since: datetime) -> pa.Table:
     return table.filter(spent)
 
 
-@dataclass(slots=True)
-class _BucketSpend:
-    """Spend of one subject in one bucket: what one aggregated contribution carries."""
-
-    tokens: int
-    usd: Decimal
-    latest_us: int
-    """The latest event time in it (Unix microseconds): the contribution's event time."""
-    event_id: str
-    """The greatest (UUIDv7: about the newest) event id in it, for the record."""
-
-
-class _Tally:
-    """Spend per state key and bucket, summed over the days read."""
-
-    def __init__(self, budgets: BudgetIndex, now: datetime) -> None:
-        self.budgets = budgets
-        self.now = now
-        by_window: dict[BudgetWindow, list[BudgetDefinition]] = {}
-        for definition in budgets:
-            by_window.setdefault(definition.window, []).append(definition)
-        self.windows = {window: window_view(window, now) for window in by_window}
-        self.dimensions = {
-            window: tuple(d for d in DIMENSIONS if any(d in x.scope for x in defined))
-            for window, defined in by_window.items()
-        }
-        """Per window, the dimensions its budgets are scoped by: all a group needs."""
-        self.matches: dict[tuple[BudgetWindow, tuple[str | None, ...]], list[SubjectMatch]] = {}
-        self.spend: dict[str, dict[int, _BucketSpend]] = {}
-        self.subjects: dict[str, SubjectMatch] = {}
-
-    def add(self, table: pa.Table) -> None:
-        """Fold one day's deduplicated rows in."""
-        end_s = table.column("end_us").to_numpy() / 1e6
-        for window, view in self.windows.items():
-            buckets = _buckets(view, end_s)
-            live = ~np.isnan(buckets)
-            if not live.any():
-                continue
-            dimensions = [d.value for d in self.dimensions[window]]
-            grouped = (
-                table.select(["event_id", "end_us", *dimensions, "tokens", "usd"])
-                .append_column(_BUCKET, pa.array(np.where(live, buckets, 0).astype(np.int64)))
-                .filter(pa.array(live))
-                .group_by([*dimensions, _BUCKET], use_threads=True)
-                .aggregate(
-                    [
-                        ("tokens", "sum"),
-                        ("usd", "sum"),
-                        ("end_us", "max"),
-                        ("event_id", "max"),
-                    ]
-                )
-            )
-            keys = zip(*(grouped.column(name).to_pylist() for name in dimensions), strict=True)
-            rows = zip(
-                keys,
-                grouped.column(_BUCKET).to_pylist(),
-                grouped.column("tokens_sum").to_pylist(),
-                grouped.column("usd_sum").to_pylist(),
-                grouped.column("end_us_max").to_pylist(),
-                grouped.column("event_id_max").to_pylist(),
-                strict=True,
-            )
-            for values, bucket, tokens, usd, latest_us, event_id in rows:
-                for match in self._matches(window, dimensions, values):
-                    self._count(match, bucket, tokens, usd, latest_us, event_id)
-
-    def _matches(
-        self, window: BudgetWindow, dimensions: list[str], values: tuple[str | None, ...]
-    ) -> list[SubjectMatch]:
-        """The subjects of ``window``'s budgets that a group with ``values`` counts for."""
-        key = (window, values)
-        found = self.matches.get(key)
-        if found is None:
-            event = dict(zip((Dimension(d) for d in dimensions), values, strict=True))
-            found = [m for m in self.budgets.subjects(event) if m.definition.window == window]
-            self.matches[key] = found
-        return found
-
-    def _count(
-        self,
-        match: SubjectMatch,
-        bucket: int,
-        tokens: int,
-        usd: Decimal,
-        latest_us: int,
-        event_id: str,
-    ) -> None:
-        self.subjects.setdefault(match.state_key, match)
-        buckets = self.spend.setdefault(match.state_key, {})
-        spend = buckets.get(bucket)
-        if spend is None:
-            buckets[bucket] = _BucketSpend(tokens, usd, latest_us, event_id)
-            return
-        spend.tokens += tokens
-        spend.usd += usd
-        spend.latest_us = max(spend.latest_us, latest_us)
-        spend.event_id = max(spend.event_id, event_id)
-
-    def states(self) -> dict[str, SubjectState]:
-        """Each state key's spend applied in event-time order, one batch per key."""
-        states: dict[str, SubjectState] = {}
-        for key, buckets in self.spend.items():
-            match = self.subjects[key]
-            ordered = sorted(buckets.values(), key=lambda spend: spend.latest_us)
-            contributions = _contributions(match, ordered)
-            # The crossings apply reports are thresholds crossed before the restart:
-            # they are marked alerted in the state, and not alerted again.
-            state, _ = apply(None, match.definition, contributions, self.now)
-            states[key] = msgspec.structs.replace(state, watermarks={})
-        return states
-
-
-def _contributions(match: SubjectMatch, spends: Iterable[_BucketSpend]) -> list[Contribution]:
-    return [
-        Contribution(
-            state_key=match.state_key,
-            budget_id=match.definition.budget_id,
-            subject=match.subject,
-            scope=match.scope,
-            event_id=uuid.UUID(spend.event_id),
-            event_time=_EPOCH + timedelta(microseconds=spend.latest_us),
-            tokens=spend.tokens,
-            usd=spend.usd,
-            source_partition=REBUILD_PARTITION,
-            source_offset=offset,
-        )
-        for offset, spend in enumerate(spends)
-    ]
-
-
 def _buckets(view: WindowView, end_s: np.ndarray) -> np.ndarray:
     """``view.bucket_of`` for every event time (Unix seconds); NaN where it is late.
 
-    The same float arithmetic as ``bucket_of`` on ``datetime.timestamp()``, so every
-    event lands in the bucket the stage would have put it in.
+    The same float arithmetic as ``bucket_of`` on ``datetime.timestamp()`` (microseconds
+    over 1e6, correctly rounded), so every event lands in the stage's bucket.
     """
     if isinstance(view, SlidingView):
         buckets = np.floor_divide(np.minimum(end_s, view.now_s), view.width_s)
@@ -301,3 +202,92 @@ def _buckets(view: WindowView, end_s: np.ndarray) -> np.ndarray:
         float(view.current_key),
         np.where(end_s >= view.previous_key, previous, np.nan),
     )
+
+
+def _shape(definition: BudgetDefinition) -> list[str]:
+    """The dimensions ``definition`` is scoped by, in subject order."""
+    return [dimension.value for dimension in Dimension if dimension in definition.scope]
+
+
+def _spend_by_bucket(
+    table: pa.Table, buckets: np.ndarray, definition: BudgetDefinition
+) -> pa.Table:
+    """Spend of ``definition``'s subjects per bucket: rows of its shape, ``_BUCKET`` and
+    the ``_SUMS`` columns.
+
+    A row counts when its bucket is live and it ``covers`` the scope: a value for every
+    scoped dimension, equal to the pinned one where the scope pins it.
+    """
+    live = ~np.isnan(buckets)
+    if not live.any():
+        return table.schema.empty_table()
+    mask = pa.array(live)
+    shape = _shape(definition)
+    for name in shape:
+        wanted = definition.scope[Dimension(name)]
+        column = table.column(name)
+        matches = pc.is_valid(column) if wanted == EACH else pc.equal(column, wanted)
+        mask = pc.and_(mask, pc.fill_null(matches, False))
+    return (
+        table.select([*shape, "tokens", "usd", "end_us"])
+        .append_column(_BUCKET, pa.array(np.where(live, buckets, 0).astype(np.int64)))
+        .filter(mask)
+        .group_by([*shape, _BUCKET])
+        .aggregate(_SUMS)
+        .rename_columns({"tokens_sum": "tokens", "usd_sum": "usd", "end_us_max": "end_us"})
+    )
+
+
+def _merge(tables: list[pa.Table], definition: BudgetDefinition) -> pa.Table:
+    """Sum per-day spend of the same subject and bucket (a bucket can span midnight)."""
+    if len(tables) == 1:
+        return tables[0]
+    return (
+        pa.concat_tables(tables)
+        .group_by([*_shape(definition), _BUCKET])
+        .aggregate(_SUMS)
+        .rename_columns({"tokens_sum": "tokens", "usd_sum": "usd", "end_us_max": "end_us"})
+    )
+
+
+def _apply_spend(
+    spend: pa.Table, definition: BudgetDefinition, now: datetime
+) -> dict[str, SubjectState]:
+    """Each subject's bucket sums through ``apply``, in event-time order, in one batch."""
+    shape = _shape(definition)
+    spend = spend.sort_by([(name, "ascending") for name in [*shape, "end_us"]])
+    subjects = zip(*(spend.column(name).to_pylist() for name in shape), strict=True)
+    rows = zip(
+        subjects,
+        spend.column("tokens").to_pylist(),
+        spend.column("usd").to_pylist(),
+        spend.column("end_us").to_pylist(),
+        strict=True,
+    )
+    dimensions = [Dimension(name) for name in shape]
+    states: dict[str, SubjectState] = {}
+    for values, sums in groupby(rows, key=lambda row: row[0]):
+        scope = definition.covers(dict(zip(dimensions, values, strict=True)))
+        assert scope is not None  # _spend_by_bucket kept only rows that it covers
+        subject = subject_key(scope)
+        key = state_key(definition.budget_id, subject)
+        contributions = [
+            Contribution(
+                state_key=key,
+                budget_id=definition.budget_id,
+                subject=subject,
+                scope=scope,
+                event_id=REBUILT_EVENT_ID,
+                event_time=_EPOCH + timedelta(microseconds=end_us),
+                tokens=tokens,
+                usd=usd,
+                source_partition=REBUILD_PARTITION,
+                source_offset=offset,
+            )
+            for offset, (_, tokens, usd, end_us) in enumerate(sums)
+        ]
+        # The crossings apply reports are thresholds crossed before the restart: they
+        # are now marked alerted in the state, and are not alerted again.
+        state, _ = apply(None, definition, contributions, now)
+        states[key] = msgspec.structs.replace(state, watermarks={})
+    return states

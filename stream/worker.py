@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+import mode.loop
 from faust.worker import Worker
 
-from stream.app import build_app
+from tollgate.logs import configure_logging
 from tollgate.settings import Settings
 
 
-def run(settings: Settings, bootstrap_servers: str, *, loglevel: str = "warning") -> None:
+class _Worker(Worker):  # type: ignore[misc]
+    """Faust's worker, logging as every Tollgate process does.
+
+    Faust configures the root logger itself (at DEBUG, whatever level it is given, which
+    costs a log record per message sent); Tollgate's configuration is put back after.
+    """
+
+    def __init__(self, *args: Any, log_level: str, log_json: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._log_level = log_level
+        self._log_json = log_json
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        configure_logging(self._log_level, json_lines=self._log_json)
+
+
+def run(settings: Settings, bootstrap_servers: str) -> None:
     """Run the worker until SIGINT or SIGTERM; Faust commits what was processed on the way out."""
+    mode.loop.use("uvloop")
+    from stream.app import build_app
+
     app = build_app(settings, bootstrap_servers)
     app.tollgate_metrics.serve(settings.stream.web_port)  # type: ignore[attr-defined]
-    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    _Worker(
+        app,
+        loglevel=settings.log.level.upper(),
+        quiet=True,
+        redirect_stdouts=False,
+        log_level=settings.log.level,
+        log_json=settings.log.format == "json",
+    ).execute_from_commandline()

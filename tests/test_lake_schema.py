@@ -14,6 +14,7 @@ import pytest
 from tests.factories import T0, make_priced
 from tollgate.contract import PricedEvent, Status, UsageSource, encode
 from tollgate.lake import (
+    LINEAGE_COLUMNS,
     PARQUET_SUFFIX,
     PRICED_SCHEMA,
     TMP_SUFFIX,
@@ -124,6 +125,20 @@ def test_the_table_has_the_canonical_schema_and_lineage_columns() -> None:
         ("env", "prod"),
         ("feature", "résumé, search=1"),
     ]
+
+
+def test_the_schema_has_one_column_per_event_field_then_lineage() -> None:
+    assert PRICED_SCHEMA.names == [*PricedEvent.__struct_fields__, *LINEAGE_COLUMNS]
+
+
+def test_an_instant_in_another_zone_is_stored_as_the_same_utc_instant() -> None:
+    kolkata = timezone(timedelta(hours=5, minutes=30))
+    event = make_priced(time=datetime(2026, 11, 2, 23, 59, 59, 999_999, tzinfo=kolkata))
+
+    (back,) = table_to_priced(priced_to_table([event]))
+
+    assert back.time == event.time
+    assert back.time.utcoffset() == timedelta(0)
 
 
 def test_lineage_columns_are_null_when_unknown() -> None:

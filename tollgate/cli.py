@@ -105,7 +105,7 @@ def worker(obj: _Context) -> None:
             "the worker needs a broker: set KAFKA_BOOTSTRAP_SERVERS "
             "(`tollgate broker` prints it), or use `tollgate up`"
         )
-    run(settings, settings.kafka.bootstrap_servers, loglevel=settings.log.level)
+    run(settings, settings.kafka.bootstrap_servers)
 
 
 def _planned(name: str, what: str) -> None:

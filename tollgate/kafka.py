@@ -47,4 +47,5 @@ def consumer_options(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, 
         "heartbeat_interval_ms": max(session_ms // 6, 100),
         "auto_offset_reset": "earliest",
         "enable_auto_commit": False,
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
     }

@@ -124,9 +124,6 @@ _EVENT_DEFAULTS = frozenset(
 """Fields with a default: a null read from the lake (a column an old file lacks) takes it."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-if set(_EVENT_FIELDS) != set(PRICED_SCHEMA.names) - set(LINEAGE_COLUMNS):  # pragma: no cover
-    raise ImportError("PRICED_SCHEMA no longer has one column per PricedEvent field")
-
 
 def partition_date(instant: datetime) -> date:
     """The date partition of an event ending at ``instant``: its UTC date."""

@@ -54,6 +54,10 @@ class KafkaSettings(Section):
     idempotence: bool | None = None
     """Idempotent producers. Unset: on for a real cluster, off for the embedded broker,
     whose memory engine refuses InitProducerId."""
+    fetch_max_wait_ms: Annotated[int, Field(ge=0, le=30_000)] = 100
+    """How long a fetch may wait for records. Kafka answers a waiting fetch as soon as data
+    arrives, so any value works there; the embedded broker waits the whole time, so this
+    bounds each hop of the pipeline's latency."""
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> Self:
