@@ -2,9 +2,11 @@
 
 ::
 
-    usage ──meter──► priced ──anomalies──► alerts ──webhooks──► receivers
-              └────► budget-contributions ──budgets──► budget-state (+ threshold alerts)
+    usage ──meter──► priced (for the lake)
+              ├────► anomalies (per tenant, in the meter's worker) ──► alerts
+              ├────► budget-contributions ──budgets──► budget-state (+ threshold alerts)
               └────► usage.dlq (poison records)
+    alerts ──webhooks──► receivers
 
 Each agent reads in batches (``take_events``) and acknowledges a batch only after every
 record it produced was acknowledged by the broker: at least once in, exactly once in
@@ -20,18 +22,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.anomaly import AnomalyDetector
 from stream.budget_definitions import BudgetIndex, load_budgets
+from stream.budget_engine import SubjectState
 from stream.budget_stage import BudgetStage, ContributionRecord
 from stream.faust_options import faust_options
 from stream.meter import Meter, UsageRecord
 from stream.metrics import StreamMetrics
 from stream.partitioned_table import add_table
+from stream.rebuild import rebuild_states
 from stream.seen_ids import SeenIds
+from stream.spend_batch import spends_per_minute
 from stream.webhooks import WebhookSender, load_webhook_targets
-from tollgate.contract import Alert, BudgetDefinition, PricedEvent, decode, encode
+from tollgate.contract import Alert, BudgetDefinition, decode, encode
 from tollgate.kafka import client_options
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
@@ -54,7 +59,6 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     )
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     usage_topic = app.topic(topics.usage, **raw)
-    priced_topic = app.topic(topics.priced, **raw)
     contributions_topic = app.topic(topics.budget_contributions, **raw)
     alerts_topic = app.topic(topics.alerts, **raw)
 
@@ -106,9 +110,27 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
                 seen_ids.record(partition, entries, now_s)
             await _delivered(sent)
             metrics.meter_batch(len(records), out)
+            # Anomalies are watched on the tenants this worker meters: usage is keyed by
+            # tenant, so each tenant's baseline lives in one worker.
+            found: list[Alert] = []
+            for spend in spends_per_minute(out.priced_events, detector.config.bucket_s):
+                found += detector.observe(spend)  # type: ignore[arg-type]
+            await _publish_alerts(app, topics.alerts, found, metrics)
+
+    seeded = asyncio.Event()
+
+    @app.task
+    async def seed_budgets_from_the_lake() -> None:
+        try:
+            stage.seeds.update(
+                await _lake_seeds(settings, bootstrap_servers, topics.usage, budgets)
+            )
+        finally:
+            seeded.set()
 
     @app.agent(contributions_topic, concurrency=1)
     async def keep_budgets(stream: faust.StreamT[bytes]) -> None:
+        await seeded.wait()
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             records = [
                 ContributionRecord(e.message.partition, e.message.offset, e.value) for e in events
@@ -144,14 +166,6 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **_: Any) -> None:  # type: ignore[misc]
         seen_ids.forget_index()  # rebuilt from the recovered table on next use
-
-    @app.agent(priced_topic, concurrency=1)
-    async def watch_spend(stream: faust.StreamT[bytes]) -> None:
-        async for values in stream.take(BATCH_MAX, within=0.2):
-            found: list[Alert] = []
-            for value in values:
-                found += detector.observe(decode(value, PricedEvent))
-            await _publish_alerts(app, topics.alerts, found, metrics)
 
     @app.timer(interval=10.0)
     async def close_spend_buckets() -> None:
@@ -205,6 +219,66 @@ def _source(topic: str, partition: int, offset: int) -> bytes:
 
 def _partition_of(table_key: bytes) -> int:
     return int(bytes(table_key).split(b"|", 1)[0])
+
+
+async def _lake_seeds(
+    settings: Settings, bootstrap_servers: str, usage_topic: str, budgets: BudgetIndex
+) -> dict[str, SubjectState]:
+    """Budget states rebuilt from the lake's events older than the usage topic's history.
+
+    With a broker that kept its history these are never used (every subject has a stored
+    state); after a broker that lost it (the embedded one keeps nothing on disk), they
+    carry the open windows' spend over.
+    """
+    if not settings.lake.path.is_dir() or not len(budgets):
+        return {}
+    history_start = await _log_start(settings, bootstrap_servers, usage_topic)
+    now = datetime.now(UTC)
+    seeds = await asyncio.to_thread(
+        rebuild_states, settings.lake.path, budgets, now, history_start or now
+    )
+    if seeds:
+        log.warning(
+            "rebuilt %d budget subjects from the lake (events before %s)",
+            len(seeds),
+            (history_start or now).isoformat(),
+        )
+    return seeds
+
+
+async def _log_start(settings: Settings, bootstrap_servers: str, topic: str) -> datetime | None:
+    """When the oldest record still on ``topic`` was written; None if it holds none."""
+    consumer = AIOKafkaConsumer(
+        **client_options(settings.kafka, bootstrap_servers),
+        group_id=None,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            await consumer.topics()
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        waiting = {tp for tp in partitions if ends[tp] > await consumer.position(tp)}
+        oldest: float | None = None
+        deadline = time.monotonic() + 10
+        while waiting and time.monotonic() < deadline:
+            batches = await consumer.getmany(*waiting, timeout_ms=500, max_records=len(waiting))
+            for tp, records in batches.items():
+                if records:
+                    stamp = records[0].timestamp / 1000
+                    oldest = stamp if oldest is None else min(oldest, stamp)
+                    waiting.discard(tp)
+        return None if oldest is None else datetime.fromtimestamp(oldest, UTC)
+    finally:
+        await consumer.stop()
 
 
 async def _follow_definitions(

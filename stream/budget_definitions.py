@@ -271,6 +271,8 @@ class BudgetIndex:
     """
 
     def __init__(self, definitions: Iterable[BudgetDefinition] = ()) -> None:
+        self.version = 0
+        """Bumped on every change, so callers can cache matches."""
         self._definitions: dict[str, BudgetDefinition] = {}
         self._groups: dict[tuple[Shape, Shape], dict[tuple[str, ...], _Budgets]] = {}
         for definition in definitions:
@@ -294,6 +296,7 @@ class BudgetIndex:
         if definition.deleted:
             return
         self._definitions[definition.budget_id] = definition
+        self.version += 1
         shape, pinned, pins = _index_key(definition)
         by_pins = self._groups.setdefault((shape, pinned), {})
         by_pins.setdefault(pins, {})[definition.budget_id] = definition
@@ -303,6 +306,7 @@ class BudgetIndex:
         definition = self._definitions.pop(budget_id, None)
         if definition is None:
             return None
+        self.version += 1
         shape, pinned, pins = _index_key(definition)
         by_pins = self._groups[(shape, pinned)]
         budgets = by_pins[pins]

@@ -57,6 +57,9 @@ class BudgetOutput:
 class BudgetStage:
     def __init__(self, budgets: BudgetIndex) -> None:
         self.budgets = budgets
+        self.seeds: dict[str, SubjectState] = {}
+        """States rebuilt from the lake for subjects the broker's history no longer holds:
+        each seeds its subject the first time the subject is met and has no stored state."""
 
     def process(
         self,
@@ -82,7 +85,9 @@ class BudgetStage:
                 out.orphans += len(contributions)
                 continue
             stored = out.writes.get(table_key) or load(table_key)
-            state = decode_state(stored) if stored else None
+            state = (
+                decode_state(stored) if stored else self.seeds.pop(contributions[0].state_key, None)
+            )
             new_state, outcome = apply(state, definition, contributions, now)
             out.applied += outcome.applied
             out.duplicates += outcome.skipped_duplicates

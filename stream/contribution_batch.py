@@ -9,7 +9,6 @@ counted when a restarted meter re-sends a batch cut differently.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 
@@ -51,28 +50,6 @@ class ContributionBatch(msgspec.Struct, frozen=True, kw_only=True):
             )
             for entry in self.entries
         ]
-
-
-def batch_contributions(contributions: Iterable[Contribution]) -> list[ContributionBatch]:
-    """Group contributions by subject and source partition, keeping their order."""
-    groups: dict[tuple[str, int], list[Contribution]] = {}
-    for contribution in contributions:
-        key = (contribution.state_key, contribution.source_partition)
-        groups.setdefault(key, []).append(contribution)
-    return [
-        ContributionBatch(
-            state_key=first.state_key,
-            budget_id=first.budget_id,
-            subject=first.subject,
-            scope=first.scope,
-            source_partition=first.source_partition,
-            entries=[
-                Entry(c.source_offset, c.event_id, c.event_time, c.tokens, c.usd) for c in group
-            ],
-        )
-        for group in groups.values()
-        for first in (group[0],)
-    ]
 
 
 _encoder = msgspec.json.Encoder(decimal_format="string")

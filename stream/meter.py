@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from stream.budget_definitions import BudgetIndex
-from stream.budget_engine import Contribution, contributions_for
-from stream.contribution_batch import batch_contributions, encode_batch
-from tollgate.contract import PricedEvent, UsageEvent, decode, encode
+from stream.budget_definitions import BudgetIndex, SubjectMatch
+from stream.contribution_batch import ContributionBatch, Entry, encode_batch
+from tollgate.contract import Dimension, PricedEvent, UsageEvent, decode, encode
 from tollgate.errors import ContractError
 from tollgate.pricing import PriceCatalog
 
@@ -59,16 +58,33 @@ class MeterOutput:
     priced_events: list[PricedEvent] = field(default_factory=list)
 
 
+_DIMENSION_FIELDS = tuple(dimension.value for dimension in Dimension)
+_CACHE_MAX = 100_000
+
+
 class Meter:
     def __init__(self, catalog: PriceCatalog, budgets: BudgetIndex) -> None:
         self.catalog = catalog
         self.budgets = budgets
+        self._matches: dict[tuple[str | None, ...], list[SubjectMatch]] = {}
+        self._matches_version = -1
+
+    def subjects(self, event: UsageEvent) -> list[SubjectMatch]:
+        """The budget subjects of ``event``; calls of the same who and what share them."""
+        if self._matches_version != self.budgets.version or len(self._matches) > _CACHE_MAX:
+            self._matches.clear()
+            self._matches_version = self.budgets.version
+        values = tuple(getattr(event, field) for field in _DIMENSION_FIELDS)
+        matches = self._matches.get(values)
+        if matches is None:
+            matches = self._matches[values] = self.budgets.subjects(event)
+        return matches
 
     def process(
         self, records: Iterable[UsageRecord], seen: Callable[[int, bytes], int | None]
     ) -> MeterOutput:
         out = MeterOutput()
-        contributions: list[Contribution] = []
+        groups: dict[tuple[str, int], tuple[SubjectMatch, list[Entry]]] = {}
         batch_seen: dict[tuple[int, bytes], int] = {}
         for record in records:
             if record.value is None:
@@ -92,14 +108,31 @@ class Meter:
             priced = self.catalog.price(event)
             out.priced_events.append(priced)
             out.priced.append(((event.tenant or "").encode(), encode(priced)))
-            contributions += contributions_for(
-                priced, self.budgets, partition=record.partition, offset=record.offset
-            )
+            tokens = priced.input_tokens + priced.output_tokens
+            if not tokens and not priced.cost_usd:
+                continue
+            entry = Entry(record.offset, priced.event_id, priced.end_time, tokens, priced.cost_usd)
+            for match in self.subjects(priced):
+                group = groups.get((match.state_key, record.partition))
+                if group is None:
+                    group = groups[(match.state_key, record.partition)] = (match, [])
+                group[1].append(entry)
         out.contributions = [
-            (batch.state_key.encode(), encode_batch(batch))
-            for batch in batch_contributions(contributions)
+            (match.state_key.encode(), encode_batch(_batch(match, partition, entries)))
+            for (_, partition), (match, entries) in groups.items()
         ]
         return out
+
+
+def _batch(match: SubjectMatch, partition: int, entries: list[Entry]) -> ContributionBatch:
+    return ContributionBatch(
+        state_key=match.state_key,
+        budget_id=match.definition.budget_id,
+        subject=match.subject,
+        scope=match.scope,
+        source_partition=partition,
+        entries=entries,
+    )
 
 
 def _dead(record: UsageRecord, value: bytes, reason: str) -> DeadLetter:

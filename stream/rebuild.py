@@ -97,9 +97,11 @@ def oldest_live_instant(definition: BudgetDefinition, now: datetime) -> datetime
     return utc(view.previous_key if view.previous_open else view.current_key)
 
 
-def rebuild_states(lake: Path, budgets: BudgetIndex, now: datetime) -> dict[str, SubjectState]:
+def rebuild_states(
+    lake: Path, budgets: BudgetIndex, now: datetime, until: datetime | None = None
+) -> dict[str, SubjectState]:
     """The state of every budget subject with spend in its window at ``now``, by state
-    key, from the priced events in ``lake``.
+    key, from the priced events in ``lake`` that ended before ``until`` (all if None).
 
     See the module docstring for how these states differ from ones the stage built.
     """
@@ -109,8 +111,8 @@ def rebuild_states(lake: Path, budgets: BudgetIndex, now: datetime) -> dict[str,
     since = min(oldest_live_instant(definition, now) for definition in definitions)
     views = {definition.window: window_view(definition.window, now) for definition in definitions}
     partial: dict[str, list[pa.Table]] = {definition.budget_id: [] for definition in definitions}
-    for day in priced_dates(lake, since=since):
-        table = _read_day(lake, day, since)
+    for day in priced_dates(lake, since=since, until=until):
+        table = _read_day(lake, day, since, until)
         if not table.num_rows:
             continue
         end_s = table.column("end_us").to_numpy() / 1e6
@@ -146,16 +148,15 @@ def rebuilt_budget_states(
     return published
 
 
-def _read_day(lake: Path, day: date, since: datetime) -> pa.Table:
+def _read_day(lake: Path, day: date, since: datetime, until: datetime | None) -> pa.Table:
     """One date partition's events since ``since`` that spent something, each once.
 
     The first copy read of an event is kept. Columns: ``end_us`` (Unix microseconds),
     the dimensions, ``tokens`` (input plus output) and ``usd``.
     """
     start = datetime.combine(day, time(), tzinfo=UTC)
-    batches = read_priced(
-        lake, since=max(since, start), until=start + timedelta(days=1), columns=REBUILD_COLUMNS
-    )
+    end = start + timedelta(days=1) if until is None else min(until, start + timedelta(days=1))
+    batches = read_priced(lake, since=max(since, start), until=end, columns=REBUILD_COLUMNS)
     table = pa.Table.from_batches(list(batches), schema=_READ_SCHEMA)
     if not table.num_rows:
         return table

@@ -16,7 +16,7 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import Providers
-from tests.factories import make_usage
+from tests.factories import make_priced, make_usage
 from tests.gateway_world import ACME_KEY, routes_for, start_gateway
 from tests.servers import AppServer
 from tests.stream_world import (
@@ -38,6 +38,7 @@ from tollgate.contract import (
     decode,
 )
 from tollgate.ids import uuid7
+from tollgate.lake import priced_to_table, write_parquet
 from tollgate.settings import KafkaSettings
 from tollgate.topics import Topics
 
@@ -413,3 +414,50 @@ async def test_a_cost_spike_raises_one_anomaly_alert_delivered_to_a_webhook_afte
     assert len(alerts.records) == 2
     assert {a.alert_id for a in received} == {anomaly.alert_id, newcomer.alert_id}
     assert attempts == 3  # one refused by the receiver, retried
+
+
+async def test_after_the_broker_lost_its_history_budgets_carry_over_from_the_lake(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics, tmp_path: Path
+) -> None:
+    """The embedded broker keeps nothing on disk: a new one starts empty, and the spend of
+    the open window comes back from the lake's priced events."""
+    lake = tmp_path / "lake"
+    earlier = datetime.now(UTC) - timedelta(minutes=20)
+    history = [
+        make_priced(
+            event_id=uuid7(),
+            time=earlier - timedelta(seconds=1),
+            end_time=earlier + timedelta(seconds=i),
+            tenant="acme",
+            input_tokens=1000,
+            cache_read_input_tokens=0,
+            output_tokens=300,
+            reasoning_tokens=0,
+        )
+        for i in range(10)
+    ]
+    history.append(history[0])  # the lake is at-least-once too
+    day = earlier.date().isoformat()
+    (lake / "priced" / f"date={day}").mkdir(parents=True)
+    write_parquet(priced_to_table(history), lake / "priced" / f"date={day}" / "part-0.parquet")
+    budgets = write_budgets(tmp_path / "budgets.yaml", BUDGETS)
+    env = worker_env(
+        kafka_settings,
+        broker,
+        tmp_path,
+        TOLLGATE_STREAM_BUDGETS_FILE=str(budgets),
+        TOLLGATE_LAKE_PATH=str(lake),
+    )
+    worker = StreamWorker(env, tmp_path / "worker.log").start()
+    states = await TopicReader(kafka_settings, broker, topics.budget_state).start()
+    try:
+        await produce(kafka_settings, broker, topics.usage, usage_records([now_usage()]))
+        await states.wait_for(
+            lambda r: any(_state(x).budget_id == "acme-tokens" for x in r), timeout_s=60
+        )
+    finally:
+        worker.stop()
+        await states.stop()
+    (state,) = [_state(r) for r in states.records if _state(r).budget_id == "acme-tokens"]
+    assert state.spent_tokens == 10 * 1300 + 1300  # ten from the lake, once each; one new
+    assert state.status is BudgetStatus.EXCEEDED
