@@ -32,6 +32,7 @@ broker: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/contract.py
 	$(BIN)/python bench/gateway.py --rounds 7
+	$(BIN)/python bench/stream.py --events 100000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

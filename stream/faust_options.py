@@ -33,7 +33,6 @@ def faust_options(settings: Settings, bootstrap_servers: str) -> dict[str, Any]:
         "producer_acks": -1,
         # Agents wait on a batch's deliveries anyway: fuller produce requests cost less.
         "producer_linger": 0.005,
-        "broker_commit_interval": 30.0,
         "store": "memory://",
         "datadir": str(settings.stream.data_dir),
         "web_enabled": False,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from stream.budget_stage import BudgetOutput
 from stream.meter import MeterOutput
@@ -40,6 +41,11 @@ class StreamMetrics:
         self.alerts_raised = Counter(
             "tollgate_stream_alerts", "Alerts raised", ["kind"], registry=r
         )
+        self.usage_age = Gauge(
+            "tollgate_stream_usage_lag_seconds",
+            "Age of the newest usage event metered: how far the meter is behind the calls",
+            registry=r,
+        )
 
     def meter_batch(self, records: int, out: MeterOutput) -> None:
         self.events_in.inc(records)
@@ -47,6 +53,9 @@ class StreamMetrics:
         self.fallback_priced.inc(sum(1 for e in out.priced_events if e.price_fallback))
         self.deduped.inc(out.duplicates)
         self.dead.inc(len(out.dead))
+        if out.priced_events:
+            newest = max(event.end_time for event in out.priced_events)
+            self.usage_age.set(max(time.time() - newest.timestamp(), 0.0))
 
     def budget_batch(self, out: BudgetOutput) -> None:
         self.contributions.inc(out.applied)

@@ -4,7 +4,6 @@ published state, and the definitions that drive it (YAML file and index)."""
 from __future__ import annotations
 
 import textwrap
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -676,32 +675,3 @@ def test_budgets_file_refuses_a_repeated_id(tmp_path: Path) -> None:
 def test_budgets_file_that_is_not_yaml_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="not valid YAML"):
         load_budgets(write(tmp_path, "budgets: [\n"))
-
-
-# Throughput (printed, not asserted)
-
-
-def test_apply_throughput_in_batches_of_500(capsys: pytest.CaptureFixture[str]) -> None:
-    for window in (rolling(60), rolling(86_400), calendar("day", "Europe/Berlin")):
-        subject = Subject(window=window, limit_tokens=10**12)
-        batches = []
-        for b in range(40):
-            now = T0 + timedelta(seconds=b)
-            batches.append(
-                (now, [subject.usage.at(now - timedelta(seconds=i / 500)) for i in range(500)])
-            )
-        started = time.perf_counter()
-        for now, batch in batches:
-            subject.apply(batch, now)
-        elapsed = time.perf_counter() - started
-        singles = [subject.usage.at(T0 + timedelta(seconds=40)) for _ in range(5000)]
-        started = time.perf_counter()
-        for contribution in singles:
-            subject.apply([contribution], T0 + timedelta(seconds=40))
-        single_elapsed = time.perf_counter() - started
-        with capsys.disabled():
-            print(
-                f"\napply {window.kind} {window.size_s or window.unit}: "
-                f"{20_000 / elapsed:,.0f} contributions/s in batches of 500, "
-                f"{5000 / single_elapsed:,.0f}/s one at a time"
-            )
