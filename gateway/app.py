@@ -23,8 +23,10 @@ from gateway.proxy import Proxy
 from gateway.rate_limit import RateLimiter
 from gateway.routes import RoutesConfig
 from gateway.routing import Router
+from gateway.spend import SpendEstimator
 from gateway.spool import Spool
 from tollgate.contract import Operation
+from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -73,6 +75,7 @@ def create_app(parts: GatewayParts) -> web.Application:
         emitter=emitter,
         metrics=metrics,
         session=None,  # type: ignore[arg-type]  # opened at start-up, inside the loop
+        spend=SpendEstimator(load_catalog(settings.stream.price_catalog)),
     )
     app[PROXY] = proxy
     app[FEED] = feed

@@ -48,6 +48,7 @@ from gateway.rate_limit import RateLimiter
 from gateway.response_headers import LimitHeaders
 from gateway.routes import BackendConfig, RoutesConfig
 from gateway.routing import Router
+from gateway.spend import SpendEstimator
 from gateway.sse import SSEFramer, parse_event
 from gateway.upstream import client_headers, upstream_headers, upstream_url
 from gateway.usage_reading import (
@@ -81,6 +82,7 @@ class Proxy:
     emitter: UsageEmitter
     metrics: GatewayMetrics
     session: aiohttp.ClientSession
+    spend: SpendEstimator | None = None
     _exact_routes: dict[str, list[BackendConfig]] = field(init=False)
     _urls: dict[tuple[str, str, str], URL] = field(init=False, default_factory=dict)
     _timeouts: dict[tuple[str, bool], aiohttp.ClientTimeout] = field(init=False)
@@ -125,9 +127,17 @@ class Proxy:
             dimensions = call.principal.dimensions(model, backends[0].provider_name)
             # The body's size over-counts its text and the output cap bounds the answer, so
             # the reservation errs on the safe side; real usage replaces it at the end.
-            estimate = estimate_tokens(len(raw)) + _output_cap(payload)
+            input_estimate, output_cap = estimate_tokens(len(raw)), _output_cap(payload)
+            now = datetime.now(UTC)
+            usd_estimate = (
+                self.spend.reserve_usd(
+                    backends[0].provider_name, model, input_estimate, output_cap, now
+                )
+                if self.spend is not None
+                else Decimal(0)
+            )
             reservation, limits.budget = self.budgets.admit(
-                dimensions, estimate, Decimal(0), datetime.now(UTC)
+                dimensions, input_estimate + output_cap, usd_estimate, now
             )
             return await self._forward(request, call, payload, raw, backends, limits)
         except GatewayError as error:
@@ -170,7 +180,8 @@ class Proxy:
         try:
             if reservation is not None:
                 if event.total_tokens or call.status is Status.OK:
-                    reservation.finish(event.total_tokens, Decimal(0), event.end_time)
+                    usd = self.spend.cost_usd(event) if self.spend is not None else Decimal(0)
+                    reservation.finish(event.total_tokens, usd, event.end_time)
                 else:
                     reservation.cancel()
         except Exception:

@@ -188,3 +188,29 @@ def test_a_burst_cannot_overshoot_a_budget_the_stream_has_not_caught_up_with(
     assert sum(outcomes) <= 4
     assert outcomes == sorted(outcomes, reverse=True)
     assert not outcomes[-1]
+
+
+def test_a_dollar_budget_stops_a_burst_before_the_stream_has_counted_it(
+    gateway: GatewayWorld,
+) -> None:
+    """The gateway prices its own calls (the shared catalog) against dollar budgets."""
+    scope = {Dimension.TENANT: "acme"}
+    gateway.publish_state(
+        spent(
+            "acme-cents",
+            scope,
+            status=BudgetStatus.OK,
+            spent_tokens=0,
+            limit_tokens=None,
+            spent_usd=Decimal(0),
+            limit_usd=Decimal("0.0001"),
+            reset_at=None,
+        )
+    )
+    assert wait_until(lambda: "x-tollgate-budget" in call(gateway).headers)
+    # gpt-4o-mini at $0.15/$0.60 per million: a call here (1 token in, 16 out) costs about
+    # $0.00001, so ten fit, the one that showed the budget included.
+    outcomes = [not refused(gateway) for _ in range(14)]
+    assert not outcomes[-1]
+    assert 5 <= sum(outcomes) <= 10
+    assert outcomes == sorted(outcomes, reverse=True)
