@@ -31,7 +31,7 @@ broker: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/contract.py
-	$(BIN)/python bench/gateway.py --rounds 7
+	$(BIN)/python bench/gateway.py --rounds 5 --scale 2
 	$(BIN)/python bench/stream.py --events 100000
 
 clean:

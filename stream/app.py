@@ -156,7 +156,10 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
         mine = [(k, v) for k, v in list(subjects.items()) if _partition_of(k) in active]
         writes, states = stage.expire(mine, datetime.now(UTC))
         for key, value in writes.items():
-            subjects[key] = value
+            if value is None:
+                subjects.pop(key, None)
+            else:
+                subjects[key] = value
         await _delivered(await _send_all(app, topics.budget_state, states))
 
     @app.timer(interval=60.0)

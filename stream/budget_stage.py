@@ -23,11 +23,12 @@ from stream.budget_engine import (
     decode_state,
     encode_state,
     expire,
+    is_idle,
     to_budget_state,
 )
 from stream.contribution_batch import decode_batch
 from stream.partitioned_table import partition_key
-from tollgate.contract import Alert, AlertKind, BudgetDefinition, Severity, encode
+from tollgate.contract import Alert, AlertKind, BudgetDefinition, Severity, encode, state_key
 from tollgate.ids import uuid7_for
 
 log = logging.getLogger(__name__)
@@ -101,14 +102,21 @@ class BudgetStage:
 
     def expire(
         self, items: Iterable[tuple[bytes, bytes]], now: datetime
-    ) -> tuple[dict[bytes, bytes], list[tuple[bytes, bytes]]]:
-        """Let time pass over stored states: sliding windows decay, periods roll over."""
-        writes: dict[bytes, bytes] = {}
-        states: list[tuple[bytes, bytes]] = []
+    ) -> tuple[dict[bytes, bytes | None], list[tuple[bytes, bytes | None]]]:
+        """Let time pass over stored states: sliding windows decay, periods roll over.
+
+        Returns table writes (None: delete the key) and records for the state topic
+        (None: a tombstone). A subject whose spend has all left its window, or whose
+        budget is gone, is deleted, so the state stays bounded by the active subjects.
+        """
+        writes: dict[bytes, bytes | None] = {}
+        states: list[tuple[bytes, bytes | None]] = []
         for table_key, stored in items:
             state = decode_state(stored)
             definition = self.budgets.get(state.budget_id)
-            if definition is None:
+            if definition is None or is_idle(state, definition, now):
+                writes[table_key] = None
+                states.append((state_key(state.budget_id, state.subject).encode(), None))
                 continue
             new_state, changed = expire(state, definition, now)
             if changed:

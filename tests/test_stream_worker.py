@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import openai
@@ -34,11 +35,17 @@ from tollgate.broker import free_port
 from tollgate.contract import (
     Alert,
     AlertKind,
+    BudgetDefinition,
     BudgetState,
     BudgetStatus,
+    BudgetWindow,
+    CalendarUnit,
+    Dimension,
     PricedEvent,
     UsageEvent,
+    WindowKind,
     decode,
+    encode,
 )
 from tollgate.ids import uuid7
 from tollgate.lake import priced_to_table, write_parquet
@@ -47,6 +54,7 @@ from tollgate.topics import Topics
 
 pytestmark = pytest.mark.timeout(150)
 
+NY = "America/New_York"
 BUDGETS = [
     {
         "budget_id": "acme-tokens",
@@ -533,3 +541,61 @@ async def test_two_workers_share_the_partitions_and_count_every_subject_exactly_
         )
     )
     assert 0 < metered < len(sent), first.log()
+
+
+async def test_budgets_defined_on_the_topic_and_late_events_in_a_zoned_calendar_window(
+    kafka_settings: KafkaSettings, own_broker_port: int, tmp_path: Path
+) -> None:
+    """No budgets file: a definition published on the definitions topic is picked up, and
+    a late event lands in the New York day it belongs to."""
+    kafka_settings = own_settings(kafka_settings, own_broker_port)
+    topics = kafka_settings.topics()
+    await start_own_broker(own_broker_port, kafka_settings, topics)
+    broker = kafka_settings.bootstrap_servers or ""
+    definition = BudgetDefinition(
+        budget_id="acme-ny-day",
+        scope={Dimension.TENANT: "acme"},
+        window=BudgetWindow(kind=WindowKind.CALENDAR, unit=CalendarUnit.DAY, timezone=NY),
+        limit_usd=Decimal("100"),
+    )
+    await produce(
+        kafka_settings,
+        broker,
+        topics.budget_definitions,
+        [(definition.budget_id.encode(), encode(definition))],
+    )
+    worker = StreamWorker(worker_env(kafka_settings, broker, tmp_path), tmp_path / "w.log").start()
+    states = await TopicReader(kafka_settings, broker, topics.budget_state).start()
+    now = datetime.now(UTC)
+    late = now - timedelta(minutes=30)
+    if late.astimezone(ZoneInfo(NY)).date() != now.astimezone(ZoneInfo(NY)).date():
+        late = now - timedelta(seconds=5)  # just after New York's midnight: stay in its day
+    try:
+        # Definitions apply from when the worker knows them: call until one is counted.
+        for _ in range(60):
+            await produce(kafka_settings, broker, topics.usage, usage_records([now_usage()]))
+            try:
+                await states.wait_for(lambda r: len(r) > 0, timeout_s=1)
+                break
+            except AssertionError:
+                continue
+        await states.settle(quiet_s=1.5)  # calls sent before the first state was seen
+        counted = _state(states.records[-1]).spent_usd
+        await produce(
+            kafka_settings,
+            broker,
+            topics.usage,
+            usage_records([now_usage(end_time=late, time=late - timedelta(seconds=1))]),
+        )
+        await states.wait_for(
+            lambda r: _state(r[-1]).spent_usd == counted + Decimal("0.0050"), timeout_s=60
+        )
+    finally:
+        worker.stop()
+        await states.stop()
+    state = [_state(r) for r in states.records][-1]
+    assert state.budget_id == "acme-ny-day"
+    local_start = state.window_start.astimezone(ZoneInfo(NY))
+    assert (local_start.hour, local_start.minute) == (0, 0)
+    assert local_start.date() == now.astimezone(ZoneInfo(NY)).date()
+    assert state.window_end - state.window_start in (timedelta(hours=h) for h in (23, 24, 25))
