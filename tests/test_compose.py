@@ -31,7 +31,7 @@ LAKE_MOUNT = "/var/lib/tollgate/lake"
 
 # Commands colleagues are adding to the CLI; compose may name them before they land.
 # Remove a name once `tollgate <name>` exists.
-EXPECTED_LATER = {"worker", "sink"}
+EXPECTED_LATER = {"sink"}
 
 
 def _load_compose() -> dict[str, Any]:

@@ -34,6 +34,16 @@ def refused(gateway: GatewayWorld, key: str = ACME_KEY) -> bool:
     return False
 
 
+def claude_refused(gateway: GatewayWorld) -> bool:
+    """Whether globex's next Anthropic call is refused for a limit."""
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=GLOBEX_KEY, max_retries=0)
+    try:
+        claude.messages.create(model="claude-sonnet-4", max_tokens=5, messages=MESSAGES)
+    except anthropic.RateLimitError:
+        return True
+    return False
+
+
 # -- calls per period -----------------------------------------------------------------------
 
 
@@ -103,15 +113,7 @@ def test_a_spent_budget_refuses_its_subject_with_a_429_naming_it(gateway: Gatewa
 def test_anthropic_callers_get_the_refusal_in_anthropics_format(gateway: GatewayWorld) -> None:
     gateway.publish_state(spent("claude-cap", {Dimension.MODEL: "claude-sonnet-4"}))
     claude = anthropic.Anthropic(base_url=gateway.url, api_key=GLOBEX_KEY, max_retries=0)
-
-    def refused_claude() -> bool:
-        try:
-            claude.messages.create(model="claude-sonnet-4", max_tokens=5, messages=MESSAGES)
-        except anthropic.RateLimitError:
-            return True
-        return False
-
-    assert wait_until(refused_claude)
+    assert wait_until(lambda: claude_refused(gateway))
     with pytest.raises(anthropic.RateLimitError) as raised:
         claude.messages.create(model="claude-sonnet-4", max_tokens=5, messages=MESSAGES)
     assert raised.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
@@ -133,16 +135,7 @@ def test_an_alert_only_budget_never_refuses(gateway: GatewayWorld) -> None:
         spent("acme-watch", {Dimension.TENANT: "acme"}, action=BudgetAction.ALERT)
     )
     gateway.publish_state(spent("globex-cap", {Dimension.TENANT: "globex"}))
-    claude = anthropic.Anthropic(base_url=gateway.url, api_key=GLOBEX_KEY, max_retries=0)
-
-    def globex_refused() -> bool:
-        try:
-            claude.messages.create(model="claude-sonnet-4", max_tokens=5, messages=MESSAGES)
-        except anthropic.RateLimitError:
-            return True
-        return False
-
-    assert wait_until(globex_refused)  # the feed has read both states by now
+    assert wait_until(lambda: claude_refused(gateway))  # the feed has read both states by now
     assert call(gateway, ACME_KEY).http_response.status_code == 200
 
 
