@@ -153,6 +153,8 @@ async def test_a_spent_budget_is_published_as_exceeded_with_one_alert_per_thresh
             return any(
                 s.budget_id == "acme-tokens" and s.status is BudgetStatus.EXCEEDED
                 for s in states_seen
+            ) and any(
+                s.budget_id == "team-usd" and s.spent_usd == Decimal("0.0400") for s in states_seen
             )
 
         await states.wait_for(exceeded, timeout_s=60)
