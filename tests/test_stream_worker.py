@@ -324,10 +324,15 @@ async def test_a_worker_killed_under_load_and_restarted_ends_with_exact_totals(
             for record in records:
                 state = _state(record)
                 latest[state.subject] = state
-            return all(
-                latest.get(f"tenant={t}") is not None
-                and latest[f"tenant={t}"].spent_tokens == expected[t]
-                for t in tenants
+            model = latest.get("request_model=gpt-4o")
+            return (
+                all(
+                    latest.get(f"tenant={t}") is not None
+                    and latest[f"tenant={t}"].spent_tokens == expected[t]
+                    for t in tenants
+                )
+                and model is not None
+                and model.spent_tokens == sum(expected.values())
             )
 
         try:
