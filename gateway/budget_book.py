@@ -109,6 +109,11 @@ class Reservation:
         self._usd = usd
         self._open = True
 
+    @property
+    def holds_budgets(self) -> bool:
+        """Whether any blocking budget counts this call (else finishing it is a no-op)."""
+        return bool(self._entries)
+
     def finish(self, tokens: int, usd: Decimal, end_time: datetime) -> None:
         """The call is done and used this much; it counts until the stream has seen it."""
         if self._release():

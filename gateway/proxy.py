@@ -180,7 +180,11 @@ class Proxy:
         try:
             if reservation is not None:
                 if event.total_tokens or call.status is Status.OK:
-                    usd = self.spend.cost_usd(event) if self.spend is not None else Decimal(0)
+                    usd = (
+                        self.spend.cost_usd(event)
+                        if self.spend is not None and reservation.holds_budgets
+                        else Decimal(0)
+                    )
                     reservation.finish(event.total_tokens, usd, event.end_time)
                 else:
                     reservation.cancel()

@@ -141,6 +141,12 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """Thresholds newly crossed, lowest first; one batch can cross several."""
 
 
+def budget_tokens(event: PricedEvent) -> int | None:
+    """The tokens ``event`` counts toward budgets, or None when it spent nothing at all."""
+    tokens = event.input_tokens + event.output_tokens
+    return tokens if tokens or event.cost_usd else None
+
+
 def contributions_for(
     event: PricedEvent, index: BudgetIndex, *, partition: int, offset: int
 ) -> list[Contribution]:
@@ -148,8 +154,8 @@ def contributions_for(
 
     An event that used nothing contributes nothing.
     """
-    tokens = event.input_tokens + event.output_tokens
-    if not tokens and not event.cost_usd:
+    tokens = budget_tokens(event)
+    if tokens is None:
         return []
     return [
         Contribution(

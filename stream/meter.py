@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from stream.budget_definitions import BudgetIndex, SubjectMatch
+from stream.budget_engine import budget_tokens
 from stream.contribution_batch import ContributionBatch, Entry, encode_batch
 from tollgate.contract import Dimension, PricedEvent, UsageEvent, decode, encode
 from tollgate.errors import ContractError
@@ -108,8 +109,8 @@ class Meter:
             priced = self.catalog.price(event)
             out.priced_events.append(priced)
             out.priced.append(((event.tenant or "").encode(), encode(priced)))
-            tokens = priced.input_tokens + priced.output_tokens
-            if not tokens and not priced.cost_usd:
+            tokens = budget_tokens(priced)
+            if tokens is None:
                 continue
             entry = Entry(record.offset, priced.event_id, priced.end_time, tokens, priced.cost_usd)
             for match in self.subjects(priced):

@@ -16,7 +16,7 @@ import msgspec
 from tollgate.contract import PricedEvent
 
 
-class Spend(msgspec.Struct):
+class MinuteSpend(msgspec.Struct):
     """The fields of a priced event the detector uses (duck-typed as one)."""
 
     end_time: datetime
@@ -29,13 +29,13 @@ class Spend(msgspec.Struct):
     provider: str | None = None
 
 
-def spends_per_minute(events: Iterable[PricedEvent], bucket_s: int = 60) -> list[Spend]:
-    """One ``Spend`` per (dimensions, bucket) of ``events``, oldest first."""
-    sums: dict[tuple[object, ...], Spend] = {}
+def spends_per_minute(events: Iterable[PricedEvent], bucket_s: int = 60) -> list[MinuteSpend]:
+    """One ``MinuteSpend`` per (dimensions, bucket) of ``events``, oldest first."""
+    sums: dict[tuple[object, ...], MinuteSpend] = {}
     for event in events:
         if not event.cost_usd:
             continue
-        spend = Spend(
+        spend = MinuteSpend(
             event.end_time,
             event.cost_usd,
             event.tenant,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -19,7 +18,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tollgate.contract import Record, UsageEvent, decode, encode
 from tollgate.kafka import consumer_options, producer_options
 from tollgate.settings import KafkaSettings
-from tollgate.topics import Topics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,15 +149,3 @@ class TopicReader:
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s")
-        await asyncio.sleep(0.05)
-
-
-def topics_of(kafka: KafkaSettings) -> Topics:
-    return kafka.topics()

@@ -20,14 +20,13 @@ from aiohttp import web
 from tests.conftest import Providers
 from tests.factories import make_priced, make_usage
 from tests.gateway_world import ACME_KEY, routes_for, start_gateway
-from tests.own_broker import own_settings, start_own_broker
+from tests.own_broker import own_settings, start_own_broker, wait_until
 from tests.servers import AppServer
 from tests.stream_world import (
     StreamWorker,
     TopicReader,
     produce,
     usage_records,
-    wait_until,
     worker_env,
     write_budgets,
 )
