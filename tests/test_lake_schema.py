@@ -15,7 +15,6 @@ from tests.factories import T0, make_priced
 from tollgate.contract import PricedEvent, Status, UsageSource, encode
 from tollgate.lake import (
     LINEAGE_COLUMNS,
-    PARQUET_SUFFIX,
     PRICED_SCHEMA,
     TMP_SUFFIX,
     partition_date,
@@ -27,6 +26,7 @@ from tollgate.lake import (
     table_to_priced,
     write_parquet,
 )
+from tollgate.lake_names import PARQUET_SUFFIX
 
 DAY = T0.date()
 

@@ -33,13 +33,8 @@ from tollgate.contract import (
     Status,
     WindowKind,
 )
-from tollgate.lake import (
-    PARQUET_SUFFIX,
-    partition_date,
-    partition_dir,
-    priced_to_table,
-    write_parquet,
-)
+from tollgate.lake import partition_date, partition_dir, priced_to_table, write_parquet
+from tollgate.lake_names import PARQUET_SUFFIX
 
 MIDDAY = datetime(2026, 11, 3, 15, 10, 20, 500_000, tzinfo=UTC)
 NEW_YORK_GRACE = datetime(2026, 11, 3, 5, 30, tzinfo=UTC)

@@ -5,17 +5,27 @@ must survive a restart (budget state, above all) is rebuilt from here. The sink 
 it; the stream's rebuild and the analytics (DuckDB, pandas) read it. Layout::
 
     <lake>/priced/date=YYYY-MM-DD/<name>.parquet     one row per priced event
-    <lake>/alerts/date=YYYY-MM-DD/<name>.parquet     alerts (layout only, for now)
-    <lake>/budget_state/date=YYYY-MM-DD/<name>.parquet
+    <lake>/alerts/date=YYYY-MM-DD/<name>.parquet     one row per alert (``ALERTS_SCHEMA``)
+    <lake>/budget_state/date=YYYY-MM-DD/<name>.parquet   every budget state published
 
-``date`` is the UTC date of the event's ``end_time`` (the instant budgets count it at), so
+``date`` is the UTC date of the event's ``end_time`` (the instant budgets count it at; for an
+alert its ``time``, for a budget state its ``as_of_time``), so
 a reader asking for a time range opens only the partitions that can hold it, and every
 copy of an event lands in the same partition. A file is written under ``<name>.tmp`` and
 renamed when complete: readers take only names ending in ``.parquet``.
 
-The lake is at-least-once: a file may repeat events another file holds (a sink that
-crashed between writing and committing its offsets writes them again). Readers that add
-things up dedupe by ``event_id``.
+Records and events: the sink writes each record of its topics once (file names carry
+offset ranges; ``stream.sink_files`` states the invariant). An *event* can still have two
+rows: the meter may publish one twice after a crash, and the sink drops a second copy
+only within a window of offsets (compaction drops the rest, day by day). Readers that
+add things up dedupe by ``event_id``.
+
+File names: the sink names each file after the records it holds (``RangeName``), so the
+lake itself says how far each topic partition has been written; compaction merges a
+day's files into one per partition whose name covers theirs. A file covered by such a
+compacted file is *superseded*: ``live_files`` leaves it out, so a reader that lists
+files with it sees every row once even while a compaction is half done. Files are
+zstd-compressed, in row groups of ``ROW_GROUP_ROWS``.
 
 Schema decisions (``PRICED_SCHEMA``):
 
@@ -44,7 +54,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -55,18 +65,20 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from tollgate.contract import PricedEvent
+from tollgate.contract import Alert, BudgetState, Dimension, PricedEvent
+from tollgate.lake_names import PARQUET_SUFFIX, live_files
 
 PRICED = "priced"
 """Sub-lake of priced events."""
 ALERTS = "alerts"
-"""Sub-lake of alerts (layout only; nothing writes it yet)."""
+"""Sub-lake of alerts."""
 BUDGET_STATE = "budget_state"
-"""Sub-lake of published budget states (layout only; nothing writes it yet)."""
+"""Sub-lake of published budget states: the history of every budget subject."""
 
-PARQUET_SUFFIX = ".parquet"
 TMP_SUFFIX = ".tmp"
 """A file still being written; readers never open it."""
+ROW_GROUP_ROWS = 128 * 1024
+"""Rows per Parquet row group: a few MB compressed, the unit readers skip and split by."""
 _PARTITION = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 MONEY = pa.decimal128(38, 12)
@@ -117,6 +129,69 @@ PRICED_SCHEMA = pa.schema(
 )
 """One column per ``PricedEvent`` field, then the lineage columns."""
 
+_LINEAGE_FIELDS = [
+    pa.field("_topic", pa.string()),
+    pa.field("_partition", pa.int32()),
+    pa.field("_offset", pa.int64()),
+]
+
+ALERTS_SCHEMA = pa.schema(
+    [
+        pa.field("alert_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("severity", pa.string(), nullable=False),
+        pa.field("time", INSTANT, nullable=False),
+        pa.field("subject", pa.string(), nullable=False),
+        pa.field("scope", pa.map_(pa.string(), pa.string())),
+        pa.field("tenant", pa.string()),
+        pa.field("summary", pa.string(), nullable=False),
+        pa.field("budget_id", pa.string()),
+        pa.field("threshold_pct", pa.int32()),
+        pa.field("spent_usd", MONEY),
+        pa.field("limit_usd", MONEY),
+        pa.field("expected_usd", MONEY),
+        pa.field("actual_usd", MONEY),
+        pa.field("impact_usd", MONEY),
+        pa.field("score", pa.float64()),
+        pa.field("since", INSTANT),
+        *_LINEAGE_FIELDS,
+    ],
+    metadata={"tollgate.record": "Alert", "tollgate.lake_schema": "1"},
+)
+"""One column per ``Alert`` field; ``tenant`` repeats ``scope['tenant']`` so that a
+tenant's rows are found (and isolated) with a plain column filter."""
+
+BUDGET_STATE_SCHEMA = pa.schema(
+    [
+        pa.field("budget_id", pa.string(), nullable=False),
+        pa.field("subject", pa.string(), nullable=False),
+        pa.field("scope", pa.map_(pa.string(), pa.string())),
+        pa.field("tenant", pa.string()),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("spent_tokens", pa.int64(), nullable=False),
+        pa.field("spent_usd", MONEY, nullable=False),
+        pa.field("limit_tokens", pa.int64()),
+        pa.field("limit_usd", MONEY),
+        pa.field("window_start", INSTANT, nullable=False),
+        pa.field("window_end", INSTANT, nullable=False),
+        pa.field("reset_at", INSTANT),
+        pa.field("threshold_pct", pa.int32()),
+        pa.field("as_of_time", INSTANT, nullable=False),
+        *_LINEAGE_FIELDS,
+    ],
+    metadata={"tollgate.record": "BudgetState", "tollgate.lake_schema": "1"},
+)
+"""One column per ``BudgetState`` field but the internal ``as_of_offsets``; ``tenant`` as in
+``ALERTS_SCHEMA``."""
+
+SCHEMAS: dict[str, pa.Schema] = {
+    PRICED: PRICED_SCHEMA,
+    ALERTS: ALERTS_SCHEMA,
+    BUDGET_STATE: BUDGET_STATE_SCHEMA,
+}
+"""The schema of each sub-lake."""
+
 _EVENT_FIELDS: tuple[str, ...] = PricedEvent.__struct_fields__
 _EVENT_DEFAULTS = frozenset(
     field.name for field in msgspec.structs.fields(PricedEvent) if not field.required
@@ -135,20 +210,27 @@ def partition_dir(lake: Path, day: date, sub_lake: str = PRICED) -> Path:
     return lake / sub_lake / f"date={day.isoformat()}"
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
+def write_parquet(table: pa.Table, path: Path, *, row_group_rows: int = ROW_GROUP_ROWS) -> None:
     """Write ``table`` to ``path`` (a ``.parquet`` name) so no reader sees half a file.
 
-    The file is written as ``<path>.tmp``, flushed to disk, then renamed into place.
+    The file is written as ``<path>.tmp``, flushed to disk, then renamed into place (and
+    the rename flushed too, so a file once seen survives a power cut). zstd, in row
+    groups of ``row_group_rows``.
     """
     if path.suffix != PARQUET_SUFFIX:
         raise ValueError(f"lake files end in {PARQUET_SUFFIX}: {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     with tmp.open("wb") as sink:
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, compression="zstd", row_group_size=row_group_rows)
         sink.flush()
         os.fsync(sink.fileno())
     tmp.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def priced_to_table(
@@ -179,6 +261,84 @@ def priced_to_table(
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
             raise ValueError(f"column {field.name!r} does not fit the lake: {error}") from None
     return pa.Table.from_arrays(arrays, schema=PRICED_SCHEMA)
+
+
+def alerts_to_table(
+    alerts: Sequence[Alert], lineage: Sequence[tuple[str, int, int]] | None = None
+) -> pa.Table:
+    """The lake rows of ``alerts``; ``lineage`` as in ``priced_to_table``."""
+    rows = [
+        {
+            "alert_id": str(alert.alert_id),
+            "kind": alert.kind.value,
+            "severity": alert.severity.value,
+            "time": alert.time,
+            "subject": alert.subject,
+            "scope": _scope(alert.scope),
+            "tenant": alert.scope.get(Dimension.TENANT),
+            "summary": alert.summary,
+            "budget_id": alert.budget_id,
+            "threshold_pct": alert.threshold_pct,
+            "spent_usd": alert.spent_usd,
+            "limit_usd": alert.limit_usd,
+            "expected_usd": alert.expected_usd,
+            "actual_usd": alert.actual_usd,
+            "impact_usd": alert.impact_usd,
+            "score": alert.score,
+            "since": alert.since,
+        }
+        for alert in alerts
+    ]
+    return _rows_to_table(rows, ALERTS_SCHEMA, lineage)
+
+
+def states_to_table(
+    states: Sequence[BudgetState], lineage: Sequence[tuple[str, int, int]] | None = None
+) -> pa.Table:
+    """The lake rows of ``states``; ``lineage`` as in ``priced_to_table``."""
+    rows = [
+        {
+            "budget_id": state.budget_id,
+            "subject": state.subject,
+            "scope": _scope(state.scope),
+            "tenant": state.scope.get(Dimension.TENANT),
+            "action": state.action.value,
+            "status": state.status.value,
+            "spent_tokens": state.spent_tokens,
+            "spent_usd": state.spent_usd,
+            "limit_tokens": state.limit_tokens,
+            "limit_usd": state.limit_usd,
+            "window_start": state.window_start,
+            "window_end": state.window_end,
+            "reset_at": state.reset_at,
+            "threshold_pct": state.threshold_pct,
+            "as_of_time": state.as_of_time,
+        }
+        for state in states
+    ]
+    return _rows_to_table(rows, BUDGET_STATE_SCHEMA, lineage)
+
+
+def _scope(scope: Mapping[Dimension, str]) -> list[tuple[str, str]]:
+    return [(Dimension(dimension).value, value) for dimension, value in scope.items()]
+
+
+def _rows_to_table(
+    rows: list[dict[str, Any]],
+    schema: pa.Schema,
+    lineage: Sequence[tuple[str, int, int]] | None,
+) -> pa.Table:
+    if lineage is not None and len(lineage) != len(rows):
+        raise ValueError(f"{len(lineage)} lineage entries for {len(rows)} rows")
+    for i, row in enumerate(rows):
+        row.update(zip(LINEAGE_COLUMNS, lineage[i] if lineage else (None, None, None), strict=True))
+    arrays = []
+    for field in schema:
+        try:
+            arrays.append(pa.array([row[field.name] for row in rows], type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise ValueError(f"column {field.name!r} does not fit the lake: {error}") from None
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def table_to_priced(table: pa.Table | pa.RecordBatch) -> list[PricedEvent]:
@@ -219,22 +379,25 @@ def priced_dates(
 
     Found by directory name alone: no file is opened.
     """
-    root = lake / PRICED
-    if not root.is_dir():
-        return []
     first = partition_date(since) if since is not None else date.min
     last = partition_date(until - timedelta(microseconds=1)) if until is not None else date.max
+    return [day for day in lake_dates(lake, PRICED) if first <= day <= last]
+
+
+def lake_dates(lake: Path, sub_lake: str) -> list[date]:
+    """Every date partition of ``sub_lake``, oldest first, by directory name alone."""
+    root = lake / sub_lake
+    if not root.is_dir():
+        return []
     days = []
     for directory in root.iterdir():
         match = _PARTITION.match(directory.name)
         if match is None or not directory.is_dir():
             continue
         try:
-            day = date.fromisoformat(match.group(1))
+            days.append(date.fromisoformat(match.group(1)))
         except ValueError:  # date=2026-13-40: not a partition this code wrote
             continue
-        if first <= day <= last:
-            days.append(day)
     return sorted(days)
 
 
@@ -242,17 +405,11 @@ def priced_files(
     lake: Path, since: datetime | None = None, until: datetime | None = None
 ) -> list[Path]:
     """The finished Parquet files of the partitions that can hold events ending in
-    ``[since, until)``, oldest partition first. Files elsewhere are never opened."""
+    ``[since, until)``, oldest partition first; superseded files are left out (see
+    ``live_files``). Files elsewhere are never opened."""
     files: list[Path] = []
     for day in priced_dates(lake, since, until):
-        directory = partition_dir(lake, day)
-        files.extend(
-            sorted(
-                path
-                for path in directory.iterdir()
-                if path.name.endswith(PARQUET_SUFFIX) and path.is_file()
-            )
-        )
+        files.extend(live_files(partition_dir(lake, day)))
     return files
 
 
