@@ -24,7 +24,7 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream.anomaly import AnomalyDetector
+from stream.anomaly import AnomalyConfig, AnomalyDetector
 from stream.budget_definitions import BudgetIndex, load_budgets
 from stream.budget_engine import SubjectState
 from stream.budget_stage import BudgetStage, ContributionRecord
@@ -72,7 +72,14 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     )
     meter = Meter(load_catalog(settings.stream.price_catalog), budgets)
     stage = BudgetStage(budgets)
-    detector = AnomalyDetector()
+    detector = AnomalyDetector(
+        AnomalyConfig(
+            bucket_s=settings.stream.anomaly_bucket_s,
+            warmup_buckets=settings.stream.anomaly_warmup_buckets,
+            min_impact_usd=settings.stream.anomaly_min_impact_usd,
+            cooldown_s=settings.stream.anomaly_cooldown_s,
+        )
+    )
     webhooks = WebhookSender(load_webhook_targets(settings.stream.webhooks_file))
     metrics = StreamMetrics()
     app.tollgate_metrics = metrics  # type: ignore[attr-defined]

@@ -33,6 +33,7 @@ def run(settings: Settings, bootstrap_servers: str) -> None:
     mode.loop.use("uvloop")
     from stream.app import build_app
 
+    settings.stream.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = build_app(settings, bootstrap_servers)
     app.tollgate_metrics.serve(settings.stream.web_port)  # type: ignore[attr-defined]
     _Worker(

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,10 +87,38 @@ def test_a_bad_setting_stops_the_command_with_a_message_and_exit_code_2() -> Non
     assert "Traceback" not in result.stderr
 
 
-def test_a_command_not_built_yet_says_so_instead_of_pretending() -> None:
-    result = subprocess.run([*TOLLGATE, "up"], capture_output=True, text=True, timeout=30)
+def test_up_without_a_routes_file_says_which_setting_is_missing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*TOLLGATE, "up", "--log-dir", str(tmp_path / "logs")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+    )
     assert result.returncode == 2
-    assert "not available in this build yet" in result.stderr
+    assert "TOLLGATE_GATEWAY_ROUTES_FILE" in result.stderr
+    assert not (tmp_path / "logs").exists()  # refused before anything started
+
+
+def test_up_with_a_taken_port_names_the_port_and_its_setting(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("backends: []\nmodels: {}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*TOLLGATE, "up", "--log-dir", str(tmp_path / "logs")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=clean_env(
+                TOLLGATE_GATEWAY_ROUTES_FILE=str(routes), TOLLGATE_REPORTING_PORT=str(port)
+            ),
+        )
+    assert result.returncode == 2
+    assert f"port {port}" in result.stderr
+    assert "TOLLGATE_REPORTING_PORT" in result.stderr
 
 
 def test_gateway_without_a_routes_file_says_which_setting_is_missing(broker: str) -> None:

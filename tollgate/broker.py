@@ -84,6 +84,9 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                # Its own session: a Ctrl-C meant for `tollgate up` must not stop the broker
+                # before the parts that still need it; `stop()` does that, last.
+                start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -108,15 +109,179 @@ def worker(obj: _Context) -> None:
     run(settings, settings.kafka.bootstrap_servers)
 
 
-def _planned(name: str, what: str) -> None:
-    @cli.command(name=name, help=f"{what} (not available in this build yet).")
-    def command() -> None:
-        raise click.UsageError(f"`tollgate {name}` is not available in this build yet.")
+@cli.command()
+@click.option("--port", type=int, default=None, help="Listen port (default: settings).")
+@click.option(
+    "--lake",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Lake directory (default: settings' lake.path).",
+)
+@click.pass_obj
+def report(obj: _Context, port: int | None, lake: Path | None) -> None:
+    """Serve the reporting API and dashboard over the lake, until Ctrl-C.
+
+    Needs a reporting key: TOLLGATE_REPORTING_ADMIN_KEY, or reporting.keys_file.
+    """
+    from analytics.reporting.server import run
+
+    settings = obj.settings()
+    configure_logging(settings.log.level, json_lines=settings.log.format == "json")
+    run(settings, lake_path=lake, port=port)
 
 
-_planned("up", "Start the whole pipeline on this machine")
-_planned("demo", "Run the pipeline with a fake provider and demo traffic")
-_planned("report", "Serve the reporting API and dashboard over the lake")
+@cli.command()
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve Prometheus /metrics on this port (default: settings; 0: not served).",
+)
+@click.pass_obj
+def sink(obj: _Context, metrics_port: int | None) -> None:
+    """Run the lake sink: priced events, alerts and budget states into the Parquet lake.
+
+    Exactly once: where each topic partition resumes is read from the lake's file
+    names. Start several to share the partitions. SIGINT/SIGTERM write the buffers out.
+    """
+    from stream.sink import run
+
+    settings = obj.settings()
+    configure_logging(settings.log.level, json_lines=settings.log.format == "json")
+    if metrics_port is not None:
+        settings = settings.model_copy(
+            update={"lake": settings.lake.model_copy(update={"sink_metrics_port": metrics_port})}
+        )
+    if settings.kafka.bootstrap_servers is None:
+        raise click.UsageError(
+            "the sink needs a broker: set KAFKA_BOOTSTRAP_SERVERS "
+            "(`tollgate broker` prints it), or use `tollgate up`"
+        )
+    run(settings, settings.kafka.bootstrap_servers)
+
+
+@cli.command()
+@click.option(
+    "--day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Compact this UTC date only (default: every closed day that needs it).",
+)
+@click.option(
+    "--sub-lake",
+    "sub_lakes",
+    type=click.Choice(["priced", "alerts", "budget_state"]),
+    multiple=True,
+    help="Only this sub-lake (repeatable; default: all).",
+)
+@click.option("--force", is_flag=True, help="Compact --day even if it is today (UTC).")
+@click.pass_obj
+def compact(obj: _Context, day: datetime | None, sub_lakes: tuple[str, ...], force: bool) -> None:
+    """Merge a closed day's small lake files into one per topic partition.
+
+    Rows are kept exactly (second copies of an event or alert dropped); safe to run
+    while the sink writes, and to interrupt.
+    """
+    from stream.compaction import compact_closed_days, compact_day
+    from tollgate.lake import SCHEMAS
+
+    settings = obj.settings()
+    configure_logging(settings.log.level, json_lines=settings.log.format == "json")
+    lake = settings.lake.path
+    results = []
+    for sub_lake in sub_lakes or tuple(SCHEMAS):
+        if day is None:
+            results += compact_closed_days(lake, sub_lake)
+        else:
+            results.append(compact_day(lake, sub_lake, day.date(), force=force))
+    for result in results:
+        click.echo(result.summary())
+    if not results:
+        click.echo("nothing to compact.")
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(1, 64), default=1, help="Stream workers to run.")
+@click.option(
+    "--log-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var/log"),
+    show_default=True,
+    help="Where each part writes its log.",
+)
+@click.pass_obj
+def up(obj: _Context, workers: int, log_dir: Path) -> None:
+    """Start the whole pipeline on this machine, supervised, until Ctrl-C.
+
+    The embedded broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster), the stream
+    workers, the sink, the gateway and the reporting API. A crashed part is restarted;
+    Ctrl-C stops everything without losing an event.
+    """
+    from tollgate.up import UpOptions, run_up
+
+    settings = obj.settings()
+    options = UpOptions(workers=workers, log_dir=log_dir, config_file=obj.config)
+    sys.exit(run_up(settings, options, click.echo))
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("var/demo"),
+    show_default=True,
+    help="Where the demo keeps its config, lake and logs.",
+)
+@click.option("--keep", is_flag=True, help="Keep the lake of an earlier demo run.")
+@click.option(
+    "--spike-at", type=float, default=45.0, show_default=True, help="Seconds to the cost spike."
+)
+def demo(directory: Path, keep: bool, spike_at: float) -> None:
+    """Run the pipeline with a fake provider, demo tenants and their traffic.
+
+    Within a minute a budget is spent (calls get 429), thresholds alert and an injected
+    cost spike raises an anomaly alert; the dashboard shows it all.
+    """
+    import shutil
+
+    from tollgate.demo.run import run_demo
+
+    if not keep and directory.exists():
+        shutil.rmtree(directory)
+    sys.exit(run_demo(directory, click.echo, spike_at_s=spike_at))
+
+
+@cli.command(name="seed-lake")
+@click.option("--events", type=click.IntRange(min=0), required=True, help="Priced events to write.")
+@click.option("--days", type=click.IntRange(1, 3660), default=30, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Lake directory (default: settings' lake.path).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same lake.")
+@click.pass_obj
+def seed_lake(obj: _Context, events: int, days: int, out: Path | None, seed: int) -> None:
+    """Write a realistic synthetic lake for demos, tests and benchmarks.
+
+    Tenants, teams, keys and users call OpenAI, Azure OpenAI and Anthropic models over the
+    last DAYS days (priced with the shipped catalog), with a spend spike, a new key and an
+    outage planted, and the budget states and alerts to match.
+    """
+    from analytics.seed import seed_lake as write_lake
+
+    path = out if out is not None else obj.settings().lake.path
+    summary = write_lake(path, events, days=days, seed=seed)
+    click.echo(
+        f"wrote {summary.events:,} events (${summary.cost_usd:,.2f}) from "
+        f"{summary.start:%Y-%m-%d %H:%M} to {summary.end:%Y-%m-%d %H:%M} UTC into {path} "
+        f"in {summary.seconds:.1f} s: {summary.files} files, {summary.alerts} alerts, "
+        f"{summary.budget_states} budget states"
+    )
+    for incident in summary.incidents:
+        click.echo(f"  incident: {incident}")
 
 
 def _wait_for_stop_signal() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -117,13 +118,33 @@ class StreamSettings(Section):
     """YAML list of webhook targets that alerts are delivered to."""
     dedupe_window_s: Seconds = 3600
     """How long a usage event's id is remembered to drop redeliveries of it."""
+    anomaly_bucket_s: Annotated[int, Field(gt=0)] = 60
+    """Cost anomalies are watched on spend per bucket of this many seconds."""
+    anomaly_warmup_buckets: Annotated[int, Field(ge=0)] = 30
+    """Buckets a subject learns from before it can be anomalous."""
+    anomaly_min_impact_usd: Annotated[Decimal, Field(ge=0)] = Decimal("1.00")
+    """Spend above expectation, in one bucket, needed to raise an anomaly alert."""
+    anomaly_cooldown_s: Annotated[float, Field(ge=0)] = 1800
+    """After an alert, the same subject and kind stay quiet this long: one incident, one alert."""
     web_port: Port = 6066
 
 
 class LakeSettings(Section):
-    """The Parquet lake."""
+    """The Parquet lake, and the sink that writes it."""
 
     path: Path = Path("var/lake")
+    sink_group_id: str = "tollgate-sink"
+    """The sink's consumer group (after the topic prefix). Its committed offsets only show
+    lag: where to resume is read from the lake's file names."""
+    sink_roll_rows: Annotated[int, Field(ge=1)] = 100_000
+    """A topic partition's buffer becomes a file at this many rows..."""
+    sink_roll_s: Seconds = 5.0
+    """...or this long after its first record, so a call is queryable within ~2x this."""
+    sink_dedupe_offsets: Annotated[int, Field(ge=0)] = 100_000
+    """How far back (in offsets of its partition) a second copy of an event is recognised
+    and dropped by the sink; compaction drops any copy left. 0: the sink keeps copies."""
+    sink_metrics_port: Port = 0
+    """Where the sink serves Prometheus ``/metrics``; 0: not served."""
 
 
 class ReportingSettings(Section):
@@ -132,6 +153,10 @@ class ReportingSettings(Section):
     host: str = "127.0.0.1"
     port: Port = 8090
     admin_key: SecretStr | None = None
+    """A key that sees every tenant's rows (``Authorization: Bearer <key>``)."""
+    keys_file: Path | None = None
+    """YAML list of reporting keys, stored as SHA-256 hashes, each bound to one tenant
+    (or marked ``admin: true``); see ``analytics.reporting.auth``."""
 
 
 class LogSettings(Section):

@@ -1,0 +1,1 @@
+"""`tollgate demo`: the pipeline with a fake provider, demo tenants and traffic."""

@@ -1,0 +1,199 @@
+"""Child processes that must stay up: started in order, watched, restarted, stopped in order.
+
+``tollgate up`` runs each part of the pipeline (worker, sink, gateway, reporting API) as its
+own ``tollgate <command>`` process under a ``Supervisor``. A part counts as started only
+once its readiness probe answers; one that exits before that fails the start with the
+tail of its log. A part that crashes later is restarted, with a growing pause between
+attempts so that a part that cannot run does not spin, and every exit and restart is
+reported.
+
+Children run in their own session, so a Ctrl-C typed in the terminal reaches only the
+supervisor, which then stops the parts in the order that loses nothing; and each child
+is asked by Linux to die with the supervisor, should the supervisor itself be killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tollgate.errors import TollgateError
+
+_PR_SET_PDEATHSIG = 1
+RESTART_PAUSES_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+"""Pause before the n-th restart in a row; a part that ran for ``STABLE_S`` starts over."""
+STABLE_S = 60.0
+_LOG_TAIL_LINES = 15
+
+
+class PartFailed(TollgateError):
+    """A part could not be started."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One process of the pipeline and how to tell that it is up."""
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    ready: Callable[[], bool]
+    """True once the part serves; polled while it starts."""
+    address: str | None = None
+    """Where it listens, for the start-up report."""
+    stop_timeout_s: float = 30.0
+    """How long a SIGTERM may take before SIGKILL (a gateway drains, a sink flushes)."""
+    start_timeout_s: float = 60.0
+    to_terminal: bool = False
+    """Print its output where ``up`` prints, instead of to its log file."""
+
+
+@dataclass
+class _Child:
+    part: Part
+    process: subprocess.Popen[bytes]
+    started_at: float
+    crashes: int = 0
+    restart_at: float | None = None
+
+
+@dataclass
+class Supervisor:
+    """Starts, watches, restarts and stops ``Part`` processes; logs go to ``log_dir``."""
+
+    log_dir: Path
+    say: Callable[[str], None]
+    _children: dict[str, _Child] = field(default_factory=dict)
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def start(self, part: Part) -> None:
+        """Start ``part`` and wait until it is ready; ``PartFailed`` if it is not."""
+        child = _Child(part, self._spawn(part), time.monotonic())
+        self._children[part.name] = child
+        deadline = time.monotonic() + part.start_timeout_s
+        while not _probe(part):
+            code = child.process.poll()
+            if code is not None:
+                raise PartFailed(
+                    f"{part.name} exited with {_exit_text(code)} while starting; "
+                    f"the end of {self.log_path(part.name)}:\n{self._log_tail(part.name)}"
+                )
+            if time.monotonic() > deadline:
+                raise PartFailed(
+                    f"{part.name} was not ready after {part.start_timeout_s:.0f} s; "
+                    f"the end of {self.log_path(part.name)}:\n{self._log_tail(part.name)}"
+                )
+            time.sleep(0.1)
+
+    def check(self) -> None:
+        """Notice parts that exited and restart them when their pause is over."""
+        now = time.monotonic()
+        for name, child in self._children.items():
+            if child.restart_at is None:
+                code = child.process.poll()
+                if code is None:
+                    continue
+                if now - child.started_at >= STABLE_S:
+                    child.crashes = 0
+                pause = RESTART_PAUSES_S[min(child.crashes, len(RESTART_PAUSES_S) - 1)]
+                child.crashes += 1
+                child.restart_at = now + pause
+                self.say(
+                    f"! {name} exited with {_exit_text(code)}; restarting in {pause:.0f} s "
+                    f"(crash {child.crashes}, log: {self.log_path(name)})"
+                )
+            elif now >= child.restart_at:
+                child.process = self._spawn(child.part)
+                child.started_at = now
+                child.restart_at = None
+                self.say(f"  {name} restarted (pid {child.process.pid})")
+
+    def pid(self, name: str) -> int | None:
+        child = self._children.get(name)
+        return None if child is None else child.process.pid
+
+    def running(self, name: str) -> bool:
+        child = self._children.get(name)
+        return child is not None and child.process.poll() is None
+
+    def stop(self, name: str) -> int | None:
+        """Stop one part: SIGTERM, then SIGKILL after its timeout. Returns its exit code."""
+        child = self._children.pop(name, None)
+        if child is None:
+            return None
+        process = child.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(child.part.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                self.say(f"! {name} did not stop in {child.part.stop_timeout_s:.0f} s; killed")
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def stop_all(self) -> None:
+        """Stop every part, the last started first."""
+        for name in reversed(list(self._children)):
+            self.stop(name)
+
+    def _spawn(self, part: Part) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path(part.name).open("ab") as log:
+            return subprocess.Popen(
+                list(part.argv),
+                env=dict(part.env),
+                stdin=subprocess.DEVNULL,
+                stdout=None if part.to_terminal else log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+
+    def _log_tail(self, name: str) -> str:
+        try:
+            lines = self.log_path(name).read_text(errors="replace").splitlines()
+        except OSError:
+            return "    (no log)"
+        return "\n".join(f"    {line}" for line in lines[-_LOG_TAIL_LINES:]) or "    (empty)"
+
+
+def _probe(part: Part) -> bool:
+    try:
+        return part.ready()
+    except Exception:  # a probe that cannot connect yet is simply "not ready"
+        return False
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def tollgate_argv(*command: str) -> list[str]:
+    """The command line of ``tollgate <command>`` run by this very interpreter."""
+    return [sys.executable, "-m", "tollgate.cli", *command]
+
+
+def child_env(overrides: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment with ``overrides``."""
+    env = dict(os.environ)
+    env.update(overrides)
+    return env

@@ -1,0 +1,341 @@
+"""``tollgate up``: the whole pipeline on one machine, supervised.
+
+The broker first (embedded, unless ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster), then the
+stream workers, the sink, the gateway and the reporting API, each a ``tollgate <command>``
+process under a ``Supervisor`` that restarts what crashes. Ctrl-C (or SIGTERM) stops them
+in the order that loses nothing: the gateway first, which finishes its calls and flushes
+their usage events; then, with the embedded broker (which forgets every record when it
+stops), a wait until the workers and the sink have committed everything on their topics;
+then the rest, the broker last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka.errors import KafkaError
+
+from tollgate.broker import EmbeddedBroker, ensure_topics
+from tollgate.errors import SettingsError, TollgateError
+from tollgate.group_lag import group_lag
+from tollgate.settings import CONFIG_ENV, Settings
+from tollgate.supervisor import Part, Supervisor, child_env, tollgate_argv
+
+DRAIN_TIMEOUT_S = 60.0
+"""How long a stop waits for the workers and the sink to catch up before giving up."""
+
+
+class PortTaken(TollgateError):
+    """A port a part must listen on is in use."""
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """What ``up`` runs, beyond the settings."""
+
+    workers: int = 1
+    log_dir: Path = Path("var/log")
+    config_file: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Settings handed to every part (``TOLLGATE_*`` variables)."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A port a part listens on, and the setting that moves it."""
+
+    part: str
+    host: str
+    port: int
+    setting: str
+
+
+def listeners(settings: Settings, options: UpOptions) -> list[Listener]:
+    """Every port ``up`` will listen on, so that a taken one is reported before anything starts."""
+    found = [
+        Listener("gateway", settings.gateway.host, settings.gateway.port, "TOLLGATE_GATEWAY_PORT"),
+        Listener(
+            "reporting", settings.reporting.host, settings.reporting.port, "TOLLGATE_REPORTING_PORT"
+        ),
+    ]
+    found += [
+        Listener(
+            f"worker-{i + 1}", "127.0.0.1", settings.stream.web_port + i, "TOLLGATE_STREAM_WEB_PORT"
+        )
+        for i in range(options.workers)
+    ]
+    return found
+
+
+def check_ports(wanted: Sequence[Listener]) -> None:
+    """Raise ``PortTaken`` naming the part and the setting if any port is in use."""
+    for listener in wanted:
+        if listener.port == 0:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((listener.host, listener.port))
+            except OSError as error:
+                raise PortTaken(
+                    f"port {listener.port} on {listener.host} ({listener.part}) is taken "
+                    f"({error.strerror}); free it or set {listener.setting}"
+                ) from None
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    """A readiness probe: ``url`` answers 2xx."""
+
+    def probe() -> bool:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return 200 <= response.status < 300
+
+    return probe
+
+
+def tcp_open(host: str, port: int) -> Callable[[], bool]:
+    """A readiness probe: something accepts connections on ``host:port``."""
+
+    def probe() -> bool:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+
+    return probe
+
+
+def plan(settings: Settings, bootstrap: str, options: UpOptions) -> list[Part]:
+    """The parts, in start order, with their environments and probes."""
+    base = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    if settings.kafka.embedded:
+        # The parts see a bootstrap address, as for any cluster; tell them it is the
+        # embedded broker's, which refuses idempotent producers and joins groups slowly
+        # unless the session timeout is short.
+        kafka = settings.kafka
+        base["TOLLGATE_KAFKA_IDEMPOTENCE"] = str(kafka.effective_idempotence).lower()
+        base["TOLLGATE_KAFKA_SESSION_TIMEOUT_S"] = str(kafka.effective_session_timeout_s)
+    base.update(options.extra_env)
+    if options.config_file is not None:
+        base[CONFIG_ENV] = str(options.config_file)
+    parts = []
+    for i in range(options.workers):
+        port = settings.stream.web_port + i
+        parts.append(
+            Part(
+                f"worker-{i + 1}",
+                tollgate_argv("worker"),
+                child_env(
+                    {
+                        **base,
+                        "TOLLGATE_STREAM_WEB_PORT": str(port),
+                        "TOLLGATE_STREAM_DATA_DIR": str(settings.stream.data_dir / f"w{i + 1}"),
+                    }
+                ),
+                tcp_open("127.0.0.1", port),
+                address=f"metrics http://127.0.0.1:{port}/metrics",
+            )
+        )
+    parts.append(Part("sink", tollgate_argv("sink"), child_env(base), lambda: True))
+    gateway_url = f"http://{_client_host(settings.gateway.host)}:{settings.gateway.port}"
+    parts.append(
+        Part(
+            "gateway",
+            tollgate_argv("gateway"),
+            child_env(base),
+            http_ok(f"{gateway_url}/healthz"),
+            address=f"{gateway_url}/v1  (OpenAI and Anthropic APIs)",
+            stop_timeout_s=40.0,
+        )
+    )
+    reporting_url = f"http://{_client_host(settings.reporting.host)}:{settings.reporting.port}"
+    parts.append(
+        Part(
+            "reporting",
+            tollgate_argv("report"),
+            child_env(base),
+            http_ok(f"{reporting_url}/healthz"),
+            address=f"{reporting_url}/  (dashboard; API docs at /docs)",
+        )
+    )
+    return parts
+
+
+def run_up(
+    settings: Settings,
+    options: UpOptions,
+    say: Callable[[str], None] = print,
+    *,
+    extra_parts: Callable[[Settings, str], list[Part]] | None = None,
+    started: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run the pipeline until ``stop`` is set (or SIGINT/SIGTERM); returns the exit code.
+
+    ``extra_parts`` adds parts started after the pipeline (the demo's provider and
+    traffic); ``started`` is called once everything is up (the demo's instructions).
+    """
+    if settings.gateway.routes_file is None:
+        raise SettingsError(
+            "the gateway needs a routes file: set TOLLGATE_GATEWAY_ROUTES_FILE "
+            "(deploy/routes.yaml is an example), or run `tollgate demo`"
+        )
+    check_ports(listeners(settings, options))
+    settings.lake.path.mkdir(parents=True, exist_ok=True)  # the reporting API reads it at once
+    stop = stop or _stop_on_signals()
+    supervisor = Supervisor(options.log_dir, say)
+    with _broker(settings, options.log_dir, say) as broker:
+        try:
+            parts = plan(settings, broker.bootstrap, options)
+            if extra_parts is not None:
+                parts += extra_parts(settings, broker.bootstrap)
+            for part in parts:
+                began = time.monotonic()
+                say(f"  starting {part.name} …")
+                supervisor.start(part)
+                took = time.monotonic() - began
+                say(f"✓ {part.name} ready in {took:.1f} s (pid {supervisor.pid(part.name)})")
+            _report(say, broker, parts, options, settings)
+            if started is not None:
+                started()
+            while not stop.wait(0.25):
+                supervisor.check()
+                broker.check(say)
+            say("stopping (Ctrl-C again does not hurry it: in-flight work is being saved) …")
+            _stop_in_order(supervisor, parts, settings, broker, say)
+        finally:
+            supervisor.stop_all()
+    say("stopped.")
+    return 0
+
+
+@dataclass
+class _Broker:
+    """The broker ``up`` runs against; restarts the embedded one if it dies."""
+
+    bootstrap: str
+    settings: Settings
+    embedded: EmbeddedBroker | None
+
+    def check(self, say: Callable[[str], None]) -> None:
+        broker = self.embedded
+        if broker is None or broker.process is None or broker.process.poll() is None:
+            return
+        say(
+            f"! embedded broker exited with code {broker.process.returncode}: restarting it "
+            "(its records are gone; budgets are rebuilt from the lake)"
+        )
+        broker.start()
+        asyncio.run(
+            ensure_topics(self.settings.kafka, self.bootstrap, self.settings.kafka.topics())
+        )
+
+
+@contextlib.contextmanager
+def _broker(settings: Settings, log_dir: Path, say: Callable[[str], None]) -> Iterator[_Broker]:
+    kafka = settings.kafka
+    if not kafka.embedded:
+        assert kafka.bootstrap_servers is not None
+        say(f"  using the Kafka cluster at {kafka.bootstrap_servers} …")
+        asyncio.run(ensure_topics(kafka, kafka.bootstrap_servers, kafka.topics()))
+        yield _Broker(kafka.bootstrap_servers, settings, None)
+        return
+    say("  starting the embedded broker …")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    broker = EmbeddedBroker(log_path=log_dir / "broker.log").start()
+    try:
+        asyncio.run(ensure_topics(kafka, broker.bootstrap_servers, kafka.topics()))
+        say(f"✓ broker ready at {broker.bootstrap_servers} (in memory: the lake is the record)")
+        yield _Broker(broker.bootstrap_servers, settings, broker)
+    finally:
+        broker.stop()
+
+
+def _stop_in_order(
+    supervisor: Supervisor,
+    parts: list[Part],
+    settings: Settings,
+    broker: _Broker,
+    say: Callable[[str], None],
+) -> None:
+    """Stop the parts last-started first; once the gateway is down, let the rest catch up."""
+    for part in reversed(parts):
+        if part.name == "gateway":
+            say("  stopping the gateway (finishing calls, flushing usage events) …")
+            supervisor.stop(part.name)
+            if broker.embedded is not None:
+                _drain(settings, broker.bootstrap, say)
+            continue
+        say(f"  stopping {part.name} …")
+        supervisor.stop(part.name)
+
+
+def _drain(settings: Settings, bootstrap: str, say: Callable[[str], None]) -> None:
+    """Wait until the workers and the sink have committed every record on their topics."""
+    topics = settings.kafka.topics()
+    groups = {
+        f"{topics.prefix}{settings.stream.app_id}": [topics.usage, topics.budget_contributions],
+        f"{topics.prefix}{settings.lake.sink_group_id}": [
+            topics.priced,
+            topics.alerts,
+            topics.budget_state,
+        ],
+    }
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    said = 0.0
+    while True:
+        try:
+            left = sum(
+                sum(asyncio.run(group_lag(settings.kafka, bootstrap, group, names)).values())
+                for group, names in groups.items()
+            )
+        except KafkaError as error:
+            say(f"! cannot read the consumer groups' progress ({error}); not waiting")
+            return
+        if left == 0:
+            say("✓ workers and sink caught up: nothing left on the broker")
+            return
+        now = time.monotonic()
+        if now > deadline:
+            say(f"! gave up waiting after {DRAIN_TIMEOUT_S:.0f} s: {left} records not processed")
+            return
+        if now - said > 2:
+            say(f"  waiting for the workers and the sink: {left} records to go …")
+            said = now
+        time.sleep(0.5)
+
+
+def _report(
+    say: Callable[[str], None],
+    broker: _Broker,
+    parts: list[Part],
+    options: UpOptions,
+    settings: Settings,
+) -> None:
+    say("")
+    say("Tollgate is up:")
+    for part in parts:
+        if part.address:
+            say(f"  {part.name:<10} {part.address}")
+    say(f"  {'broker':<10} {broker.bootstrap}")
+    say(f"  {'lake':<10} {settings.lake.path.resolve()}")
+    say(f"  {'logs':<10} {options.log_dir.resolve()}/<part>.log")
+    say("Ctrl-C stops everything without losing an event.")
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
