@@ -29,11 +29,6 @@ TOLLGATE_SERVICES = ("gateway", "worker", "sink", "reporting")
 HTTP_SERVICES = {"gateway": "TOLLGATE_GATEWAY_PORT", "reporting": "TOLLGATE_REPORTING_PORT"}
 LAKE_MOUNT = "/var/lib/tollgate/lake"
 
-# Commands colleagues are adding to the CLI; compose may name them before they land.
-# Remove a name once `tollgate <name>` exists.
-EXPECTED_LATER = {"sink"}
-
-
 def _load_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
@@ -206,5 +201,4 @@ def test_the_image_runs_as_a_non_root_user():
 @pytest.mark.parametrize("name", _tollgate_service_names())
 def test_every_service_command_is_a_tollgate_cli_command(services, name):
     command = first_word(services[name]["command"])
-    if command not in cli.commands:
-        assert command in EXPECTED_LATER, f"{name}: `tollgate {command}` does not exist"
+    assert command in cli.commands, f"{name}: `tollgate {command}` does not exist"

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import socket
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiokafka.errors import KafkaError
@@ -30,6 +31,7 @@ from tollgate.group_lag import group_lag
 from tollgate.settings import CONFIG_ENV, Settings
 from tollgate.supervisor import Part, Supervisor, child_env, tollgate_argv
 
+ADMIN_KEY_ENV = "TOLLGATE_REPORTING_ADMIN_KEY"
 DRAIN_TIMEOUT_S = 60.0
 """How long a stop waits for the workers and the sink to catch up before giving up."""
 
@@ -162,7 +164,7 @@ def plan(settings: Settings, bootstrap: str, options: UpOptions) -> list[Part]:
             tollgate_argv("report"),
             child_env(base),
             http_ok(f"{reporting_url}/healthz"),
-            address=f"{reporting_url}/  (dashboard; API docs at /docs)",
+            address=f"{reporting_url}/dashboard/  (reporting API under /v1, docs at /docs)",
         )
     )
     return parts
@@ -188,6 +190,11 @@ def run_up(
             "(deploy/routes.yaml is an example), or run `tollgate demo`"
         )
     check_ports(listeners(settings, options))
+    if settings.reporting.admin_key is None and settings.reporting.keys_file is None:
+        # Without a key the reporting API refuses every question: make one for this run.
+        key = secrets.token_urlsafe(18)
+        options = replace(options, extra_env={**options.extra_env, ADMIN_KEY_ENV: key})
+        say(f"  no reporting key configured: this run's admin key is {key}")
     settings.lake.path.mkdir(parents=True, exist_ok=True)  # the reporting API reads it at once
     stop = stop or _stop_on_signals()
     supervisor = Supervisor(options.log_dir, say)

@@ -90,10 +90,11 @@ def run_demo(
             f"api_key='{key}'); print(c.chat.completions.create(model='gpt-4o-mini', "
             "messages=[{'role': 'user', 'content': 'hi'}]).usage)\""
         )
-        say(f"  dashboard: {reporting}/#key={ADMIN_KEY}")
+        say(f"  dashboard: {reporting}/dashboard/#key={ADMIN_KEY}")
         say(f"  reporting API: {reporting}/docs  (key: {ADMIN_KEY})")
         say(
-            f"  notebooks: TOLLGATE_LAKE_PATH={directory / 'lake'} .venv/bin/jupyter lab notebooks/"
+            "  notebooks: .venv/bin/pip install jupyterlab && "
+            f"TOLLGATE_LAKE_PATH={(directory / 'lake').resolve()} .venv/bin/jupyter lab notebooks/"
         )
         say("")
         say("Watch below: Acme's budget runs out within a minute, then the injected spike.")
