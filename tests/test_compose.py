@@ -29,6 +29,7 @@ TOLLGATE_SERVICES = ("gateway", "worker", "sink", "reporting")
 HTTP_SERVICES = {"gateway": "TOLLGATE_GATEWAY_PORT", "reporting": "TOLLGATE_REPORTING_PORT"}
 LAKE_MOUNT = "/var/lib/tollgate/lake"
 
+
 def _load_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
