@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from tollgate.broker import free_port
 from tollgate.topics import ALL_TOPICS
 
 TOLLGATE = [sys.executable, "-m", "tollgate.cli"]
@@ -113,7 +114,10 @@ def test_up_with_a_taken_port_names_the_port_and_its_setting(tmp_path: Path) -> 
             text=True,
             timeout=30,
             env=clean_env(
-                TOLLGATE_GATEWAY_ROUTES_FILE=str(routes), TOLLGATE_REPORTING_PORT=str(port)
+                TOLLGATE_GATEWAY_ROUTES_FILE=str(routes),
+                TOLLGATE_GATEWAY_PORT=str(free_port()),
+                TOLLGATE_STREAM_WEB_PORT=str(free_port()),
+                TOLLGATE_REPORTING_PORT=str(port),
             ),
         )
     assert result.returncode == 2

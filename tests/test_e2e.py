@@ -55,10 +55,13 @@ class Pipeline:
     sent_ids: set[str] = field(default_factory=set)
     """x-tollgate-request-id of every call made through any gateway (= usage event ids)."""
 
-    def wait_for_line(self, pattern: re.Pattern[str], timeout_s: float = 90) -> re.Match[str]:
+    def wait_for_line(
+        self, pattern: re.Pattern[str], timeout_s: float = 90, *, after: int = 0
+    ) -> re.Match[str]:
+        """The first output line from index ``after`` on that matches ``pattern``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for line in list(self.lines):
+            for line in self.lines[after:]:
                 match = pattern.search(line)
                 if match:
                     return match
@@ -66,6 +69,15 @@ class Pipeline:
                 raise AssertionError("tollgate up exited:\n" + "\n".join(self.lines))
             time.sleep(0.05)
         raise AssertionError(f"no line matching {pattern.pattern}:\n" + "\n".join(self.lines))
+
+    def pids(self) -> set[int]:
+        """Every part process ``up`` reported starting."""
+        return {
+            int(match["pid"])
+            for line in self.lines
+            for pattern in (_READY, _RESTARTED)
+            if (match := pattern.search(line))
+        }
 
     def pid_of(self, name: str) -> int:
         pid = None
@@ -308,10 +320,11 @@ def test_killing_the_worker_and_the_sink_mid_traffic_loses_nothing(pipeline: Pip
     try:
         time.sleep(2)
         worker, sink = pipeline.pid_of("worker-1"), pipeline.pid_of("sink")
+        killed_at = len(pipeline.lines)
         os.kill(worker, signal.SIGKILL)
         os.kill(sink, signal.SIGKILL)
-        pipeline.wait_for_line(re.compile(r"worker-1 restarted"), 30)
-        pipeline.wait_for_line(re.compile(r"sink restarted"), 30)
+        pipeline.wait_for_line(re.compile(r"worker-1 restarted"), 30, after=killed_at)
+        pipeline.wait_for_line(re.compile(r"sink restarted"), 30, after=killed_at)
         time.sleep(3)
     finally:
         stop.set()
@@ -341,7 +354,11 @@ def test_stopping_up_with_sigint_flushes_everything(pipeline: Pipeline) -> None:
     assert pipeline.process.wait(120) == 0, "\n".join(pipeline.lines)
     stop.set()
     caller.join(30)
-    assert any("workers and sink caught up" in line for line in pipeline.lines), pipeline.lines
+    assert any("tollgate-stream caught up" in line for line in pipeline.lines), pipeline.lines
+    assert any("tollgate-sink caught up" in line for line in pipeline.lines), pipeline.lines
+    for pid in pipeline.pids():  # no part outlives `up`
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     ids = _lake_ids(pipeline.lake)
     assert len(ids) == len(set(ids)), "a call is in the lake twice"
     assert set(pipeline.sent_ids) <= set(ids), "a call is missing from the lake"

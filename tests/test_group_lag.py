@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tollgate.group_lag import group_lag
@@ -36,7 +38,9 @@ async def test_lag_counts_every_record_the_group_has_not_committed(
     await consumer.start()
     try:
         taken = 0
+        deadline = time.monotonic() + 15
         while taken < 4:
+            assert time.monotonic() < deadline, "the consumer never got its records"
             batches = await consumer.getmany(timeout_ms=500, max_records=4 - taken)
             taken += sum(len(records) for records in batches.values())
         await consumer.commit()

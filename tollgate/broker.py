@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -39,10 +40,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Ask Linux to SIGKILL the broker when the process that started it dies, however."""
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGKILL this child when the process that started it dies, however.
+
+    Used as a ``preexec_fn``. Should the parent die before the request is made, the child
+    is already orphaned: it exits at once rather than run on unwatched.
+    """
+    parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 @dataclass
@@ -87,7 +95,7 @@ class EmbeddedBroker:
                 # Its own session: a Ctrl-C meant for `tollgate up` must not stop the broker
                 # before the parts that still need it; `stop()` does that, last.
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         finally:
             if log is not subprocess.DEVNULL:

@@ -243,13 +243,9 @@ def demo(directory: Path, keep: bool, spike_at: float) -> None:
     Within a minute a budget is spent (calls get 429), thresholds alert and an injected
     cost spike raises an anomaly alert; the dashboard shows it all.
     """
-    import shutil
-
     from tollgate.demo.run import run_demo
 
-    if not keep and directory.exists():
-        shutil.rmtree(directory)
-    sys.exit(run_demo(directory, click.echo, spike_at_s=spike_at))
+    sys.exit(run_demo(directory, click.echo, spike_at_s=spike_at, fresh=not keep))
 
 
 @cli.command(name="seed-lake")

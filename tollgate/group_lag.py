@@ -45,6 +45,7 @@ async def group_lag(
                 for partition in sorted(consumer.partitions_for_topic(topic) or ())
             ]
             if not partitions:
+                await asyncio.sleep(0)  # aiokafka's stop() right after start() cancels itself
                 return dict.fromkeys(topics, 0)
             committed = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
             starts = await consumer.beginning_offsets(partitions)

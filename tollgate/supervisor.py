@@ -15,19 +15,19 @@ is asked by Linux to die with the supervisor, should the supervisor itself be ki
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tollgate.broker import die_with_parent
 from tollgate.errors import TollgateError
 
-_PR_SET_PDEATHSIG = 1
 RESTART_PAUSES_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Pause before the n-th restart in a row; a part that ran for ``STABLE_S`` starts over."""
 STABLE_S = 60.0
@@ -36,6 +36,10 @@ _LOG_TAIL_LINES = 15
 
 class PartFailed(TollgateError):
     """A part could not be started."""
+
+
+class StartInterrupted(TollgateError):
+    """A stop was asked for while a part was starting."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,11 @@ class Part:
     stop_timeout_s: float = 30.0
     """How long a SIGTERM may take before SIGKILL (a gateway drains, a sink flushes)."""
     start_timeout_s: float = 60.0
+    settle_s: float = 0.0
+    """After its probe answers, how long it must stay up to count as started (for a part
+    with no probe of its own, so that one failing at start is not reported ready)."""
+    role: str = "extra"
+    """What ``up`` stops it as: ``worker``, ``sink``, ``gateway``, ``reporting``, ``extra``."""
     to_terminal: bool = False
     """Print its output where ``up`` prints, instead of to its log file."""
 
@@ -76,24 +85,34 @@ class Supervisor:
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
-    def start(self, part: Part) -> None:
-        """Start ``part`` and wait until it is ready; ``PartFailed`` if it is not."""
+    def start(self, part: Part, stop: threading.Event | None = None) -> None:
+        """Start ``part`` and wait until it is ready; ``PartFailed`` if it is not,
+        ``StartInterrupted`` if ``stop`` is set meanwhile."""
         child = _Child(part, self._spawn(part), time.monotonic())
         self._children[part.name] = child
         deadline = time.monotonic() + part.start_timeout_s
-        while not _probe(part):
+        ready_at: float | None = None
+        while True:
             code = child.process.poll()
             if code is not None:
                 raise PartFailed(
                     f"{part.name} exited with {_exit_text(code)} while starting; "
                     f"the end of {self.log_path(part.name)}:\n{self._log_tail(part.name)}"
                 )
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if ready_at is None and _probe(part):
+                ready_at = now
+            if ready_at is not None and now - ready_at >= part.settle_s:
+                return
+            if now > deadline:
                 raise PartFailed(
                     f"{part.name} was not ready after {part.start_timeout_s:.0f} s; "
                     f"the end of {self.log_path(part.name)}:\n{self._log_tail(part.name)}"
                 )
-            time.sleep(0.1)
+            if stop is not None and stop.wait(0.1):
+                raise StartInterrupted(f"stopped while {part.name} was starting")
+            if stop is None:
+                time.sleep(0.1)
 
     def check(self) -> None:
         """Notice parts that exited and restart them when their pause is over."""
@@ -133,12 +152,12 @@ class Supervisor:
             return None
         process = child.process
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            _signal_group(process, signal.SIGTERM)
             try:
                 process.wait(child.part.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 self.say(f"! {name} did not stop in {child.part.stop_timeout_s:.0f} s; killed")
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
                 process.wait()
         return process.returncode
 
@@ -157,7 +176,7 @@ class Supervisor:
                 stdout=None if part.to_terminal else log,
                 stderr=log,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
 
     def _log_tail(self, name: str) -> str:
@@ -166,6 +185,12 @@ class Supervisor:
         except OSError:
             return "    (no log)"
         return "\n".join(f"    {line}" for line in lines[-_LOG_TAIL_LINES:]) or "    (empty)"
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: signal.Signals) -> None:
+    """Signal the part and whatever it started: each part leads its own session."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
 
 
 def _probe(part: Part) -> bool:
@@ -180,11 +205,6 @@ def _exit_text(code: int) -> str:
         with contextlib.suppress(ValueError):
             return f"signal {signal.Signals(-code).name}"
     return f"code {code}"
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def tollgate_argv(*command: str) -> list[str]:

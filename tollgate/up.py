@@ -2,11 +2,13 @@
 
 The broker first (embedded, unless ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster), then the
 stream workers, the sink, the gateway and the reporting API, each a ``tollgate <command>``
-process under a ``Supervisor`` that restarts what crashes. Ctrl-C (or SIGTERM) stops them
-in the order that loses nothing: the gateway first, which finishes its calls and flushes
-their usage events; then, with the embedded broker (which forgets every record when it
-stops), a wait until the workers and the sink have committed everything on their topics;
-then the rest, the broker last.
+process under a ``Supervisor`` that restarts what crashes. Ctrl-C (or SIGTERM, or SIGHUP)
+stops them in the order that loses nothing: what calls the gateway, the reporting API and
+the gateway itself, which finishes its calls and flushes their usage events; then the
+workers, once they have committed everything on their topics; then the sink, once it has
+written everything the workers produced, the last of it included; the broker last. With
+the embedded broker, which forgets every record when it stops, those waits are what keep
+every event; ``up`` exits 1 if it had to stop with records left.
 """
 
 from __future__ import annotations
@@ -25,19 +27,19 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from tollgate.broker import EmbeddedBroker, ensure_topics
+from tollgate.broker import EmbeddedBroker, ensure_topics, free_port, running_broker
 from tollgate.errors import SettingsError, TollgateError
 from tollgate.group_lag import group_lag
 from tollgate.settings import CONFIG_ENV, Settings
-from tollgate.supervisor import Part, Supervisor, child_env, tollgate_argv
+from tollgate.supervisor import Part, StartInterrupted, Supervisor, child_env, tollgate_argv
 
 ADMIN_KEY_ENV = "TOLLGATE_REPORTING_ADMIN_KEY"
 DRAIN_TIMEOUT_S = 60.0
-"""How long a stop waits for the workers and the sink to catch up before giving up."""
+"""How long a stop waits for a consumer group to catch up before giving up."""
 
 
 class PortTaken(TollgateError):
-    """A port a part must listen on is in use."""
+    """A port a part must listen on is in use, or named twice."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,13 @@ class Listener:
     setting: str
 
 
-def listeners(settings: Settings, options: UpOptions) -> list[Listener]:
+def worker_ports(settings: Settings, workers: int) -> list[int]:
+    """Each worker's metrics port: ``web_port`` and up, or free ports if it is 0."""
+    base = settings.stream.web_port
+    return [base + i if base else free_port() for i in range(workers)]
+
+
+def listeners(settings: Settings, worker_ports: list[int]) -> list[Listener]:
     """Every port ``up`` will listen on, so that a taken one is reported before anything starts."""
     found = [
         Listener("gateway", settings.gateway.host, settings.gateway.port, "TOLLGATE_GATEWAY_PORT"),
@@ -70,19 +78,33 @@ def listeners(settings: Settings, options: UpOptions) -> list[Listener]:
         ),
     ]
     found += [
-        Listener(
-            f"worker-{i + 1}", "127.0.0.1", settings.stream.web_port + i, "TOLLGATE_STREAM_WEB_PORT"
-        )
-        for i in range(options.workers)
+        Listener(f"worker-{i + 1}", "127.0.0.1", port, "TOLLGATE_STREAM_WEB_PORT")
+        for i, port in enumerate(worker_ports)
     ]
+    if settings.lake.sink_metrics_port:
+        found.append(
+            Listener(
+                "sink",
+                "127.0.0.1",
+                settings.lake.sink_metrics_port,
+                "TOLLGATE_LAKE_SINK_METRICS_PORT",
+            )
+        )
     return found
 
 
 def check_ports(wanted: Sequence[Listener]) -> None:
-    """Raise ``PortTaken`` naming the part and the setting if any port is in use."""
+    """Raise ``PortTaken`` naming the part and the setting if any port is in use or used twice."""
+    seen: dict[int, Listener] = {}
     for listener in wanted:
         if listener.port == 0:
             continue
+        other = seen.setdefault(listener.port, listener)
+        if other is not listener:
+            raise PortTaken(
+                f"port {listener.port} is set for both {other.part} ({other.setting}) and "
+                f"{listener.part} ({listener.setting}); give each its own"
+            )
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -114,7 +136,9 @@ def tcp_open(host: str, port: int) -> Callable[[], bool]:
     return probe
 
 
-def plan(settings: Settings, bootstrap: str, options: UpOptions) -> list[Part]:
+def plan(
+    settings: Settings, bootstrap: str, options: UpOptions, worker_ports: list[int]
+) -> list[Part]:
     """The parts, in start order, with their environments and probes."""
     base = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap}
     if settings.kafka.embedded:
@@ -127,25 +151,36 @@ def plan(settings: Settings, bootstrap: str, options: UpOptions) -> list[Part]:
     base.update(options.extra_env)
     if options.config_file is not None:
         base[CONFIG_ENV] = str(options.config_file)
-    parts = []
-    for i in range(options.workers):
-        port = settings.stream.web_port + i
-        parts.append(
-            Part(
-                f"worker-{i + 1}",
-                tollgate_argv("worker"),
-                child_env(
-                    {
-                        **base,
-                        "TOLLGATE_STREAM_WEB_PORT": str(port),
-                        "TOLLGATE_STREAM_DATA_DIR": str(settings.stream.data_dir / f"w{i + 1}"),
-                    }
-                ),
-                tcp_open("127.0.0.1", port),
-                address=f"metrics http://127.0.0.1:{port}/metrics",
-            )
+    parts = [
+        Part(
+            f"worker-{i + 1}",
+            tollgate_argv("worker"),
+            child_env(
+                {
+                    **base,
+                    "TOLLGATE_STREAM_WEB_PORT": str(port),
+                    "TOLLGATE_STREAM_DATA_DIR": str(settings.stream.data_dir / f"w{i + 1}"),
+                }
+            ),
+            tcp_open("127.0.0.1", port),
+            address=f"metrics http://127.0.0.1:{port}/metrics",
+            settle_s=1.0,
+            role="worker",
         )
-    parts.append(Part("sink", tollgate_argv("sink"), child_env(base), lambda: True))
+        for i, port in enumerate(worker_ports)
+    ]
+    sink_port = settings.lake.sink_metrics_port
+    parts.append(
+        Part(
+            "sink",
+            tollgate_argv("sink"),
+            child_env(base),
+            tcp_open("127.0.0.1", sink_port) if sink_port else lambda: True,
+            address=f"metrics http://127.0.0.1:{sink_port}/metrics" if sink_port else None,
+            settle_s=2.0,
+            role="sink",
+        )
+    )
     gateway_url = f"http://{_client_host(settings.gateway.host)}:{settings.gateway.port}"
     parts.append(
         Part(
@@ -155,6 +190,7 @@ def plan(settings: Settings, bootstrap: str, options: UpOptions) -> list[Part]:
             http_ok(f"{gateway_url}/healthz"),
             address=f"{gateway_url}/v1  (OpenAI and Anthropic APIs)",
             stop_timeout_s=40.0,
+            role="gateway",
         )
     )
     reporting_url = f"http://{_client_host(settings.reporting.host)}:{settings.reporting.port}"
@@ -165,6 +201,7 @@ def plan(settings: Settings, bootstrap: str, options: UpOptions) -> list[Part]:
             child_env(base),
             http_ok(f"{reporting_url}/healthz"),
             address=f"{reporting_url}/dashboard/  (reporting API under /v1, docs at /docs)",
+            role="reporting",
         )
     )
     return parts
@@ -179,7 +216,7 @@ def run_up(
     started: Callable[[], None] | None = None,
     stop: threading.Event | None = None,
 ) -> int:
-    """Run the pipeline until ``stop`` is set (or SIGINT/SIGTERM); returns the exit code.
+    """Run the pipeline until ``stop`` is set (or a stop signal); returns the exit code.
 
     ``extra_parts`` adds parts started after the pipeline (the demo's provider and
     traffic); ``started`` is called once everything is up (the demo's instructions).
@@ -189,7 +226,8 @@ def run_up(
             "the gateway needs a routes file: set TOLLGATE_GATEWAY_ROUTES_FILE "
             "(deploy/routes.yaml is an example), or run `tollgate demo`"
         )
-    check_ports(listeners(settings, options))
+    ports = worker_ports(settings, options.workers)
+    check_ports(listeners(settings, ports))
     if settings.reporting.admin_key is None and settings.reporting.keys_file is None:
         # Without a key the reporting API refuses every question: make one for this run.
         key = secrets.token_urlsafe(18)
@@ -198,61 +236,78 @@ def run_up(
     settings.lake.path.mkdir(parents=True, exist_ok=True)  # the reporting API reads it at once
     stop = stop or _stop_on_signals()
     supervisor = Supervisor(options.log_dir, say)
+    complete = True
     with _broker(settings, options.log_dir, say) as broker:
+        parts = plan(settings, broker.bootstrap, options, ports)
+        if extra_parts is not None:
+            parts += extra_parts(settings, broker.bootstrap)
         try:
-            parts = plan(settings, broker.bootstrap, options)
-            if extra_parts is not None:
-                parts += extra_parts(settings, broker.bootstrap)
-            for part in parts:
-                began = time.monotonic()
-                say(f"  starting {part.name} …")
-                supervisor.start(part)
-                took = time.monotonic() - began
-                say(f"✓ {part.name} ready in {took:.1f} s (pid {supervisor.pid(part.name)})")
+            _start_all(supervisor, parts, stop, say)
             _report(say, broker, parts, options, settings)
             if started is not None:
                 started()
             while not stop.wait(0.25):
                 supervisor.check()
-                broker.check(say)
+                if broker.restarted(say):
+                    say("  restarting every part on the new broker …")
+                    supervisor.stop_all()
+                    _start_all(supervisor, parts, stop, say)
+        except StartInterrupted:
+            say("stopped while starting.")
+        else:
             say("stopping (Ctrl-C again does not hurry it: in-flight work is being saved) …")
-            _stop_in_order(supervisor, parts, settings, broker, say)
+            complete = _stop_in_order(supervisor, parts, settings, broker, say)
         finally:
             supervisor.stop_all()
-    say("stopped.")
-    return 0
+    say("stopped." if complete else "stopped, with records left unprocessed (see above).")
+    return 0 if complete else 1
+
+
+def _start_all(
+    supervisor: Supervisor, parts: list[Part], stop: threading.Event, say: Callable[[str], None]
+) -> None:
+    for part in parts:
+        began = time.monotonic()
+        say(f"  starting {part.name} …")
+        supervisor.start(part, stop)
+        took = time.monotonic() - began
+        say(f"✓ {part.name} ready in {took:.1f} s (pid {supervisor.pid(part.name)})")
 
 
 @dataclass
-class _Broker:
-    """The broker ``up`` runs against; restarts the embedded one if it dies."""
+class _RunningBroker:
+    """The broker ``up`` runs against, and the restart of the embedded one if it dies."""
 
     bootstrap: str
     settings: Settings
     embedded: EmbeddedBroker | None
 
-    def check(self, say: Callable[[str], None]) -> None:
+    def restarted(self, say: Callable[[str], None]) -> bool:
+        """Restart the embedded broker if it died; True if it did (the parts must follow:
+        the new broker numbers every topic's offsets from 0 again)."""
         broker = self.embedded
         if broker is None or broker.process is None or broker.process.poll() is None:
-            return
+            return False
         say(
             f"! embedded broker exited with code {broker.process.returncode}: restarting it "
-            "(its records are gone; budgets are rebuilt from the lake)"
+            "(its records are gone; workers rebuild open budgets from the lake)"
         )
         broker.start()
-        asyncio.run(
-            ensure_topics(self.settings.kafka, self.bootstrap, self.settings.kafka.topics())
-        )
+        kafka = self.settings.kafka
+        asyncio.run(ensure_topics(kafka, self.bootstrap, kafka.topics()))
+        return True
 
 
 @contextlib.contextmanager
-def _broker(settings: Settings, log_dir: Path, say: Callable[[str], None]) -> Iterator[_Broker]:
+def _broker(
+    settings: Settings, log_dir: Path, say: Callable[[str], None]
+) -> Iterator[_RunningBroker]:
     kafka = settings.kafka
     if not kafka.embedded:
         assert kafka.bootstrap_servers is not None
         say(f"  using the Kafka cluster at {kafka.bootstrap_servers} …")
-        asyncio.run(ensure_topics(kafka, kafka.bootstrap_servers, kafka.topics()))
-        yield _Broker(kafka.bootstrap_servers, settings, None)
+        with running_broker(kafka) as bootstrap:
+            yield _RunningBroker(bootstrap, settings, None)
         return
     say("  starting the embedded broker …")
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +315,7 @@ def _broker(settings: Settings, log_dir: Path, say: Callable[[str], None]) -> It
     try:
         asyncio.run(ensure_topics(kafka, broker.bootstrap_servers, kafka.topics()))
         say(f"✓ broker ready at {broker.bootstrap_servers} (in memory: the lake is the record)")
-        yield _Broker(broker.bootstrap_servers, settings, broker)
+        yield _RunningBroker(broker.bootstrap_servers, settings, broker)
     finally:
         broker.stop()
 
@@ -269,59 +324,74 @@ def _stop_in_order(
     supervisor: Supervisor,
     parts: list[Part],
     settings: Settings,
-    broker: _Broker,
+    broker: _RunningBroker,
     say: Callable[[str], None],
-) -> None:
-    """Stop the parts last-started first; once the gateway is down, let the rest catch up."""
-    for part in reversed(parts):
-        if part.name == "gateway":
-            say("  stopping the gateway (finishing calls, flushing usage events) …")
-            supervisor.stop(part.name)
-            if broker.embedded is not None:
-                _drain(settings, broker.bootstrap, say)
-            continue
-        say(f"  stopping {part.name} …")
-        supervisor.stop(part.name)
-
-
-def _drain(settings: Settings, bootstrap: str, say: Callable[[str], None]) -> None:
-    """Wait until the workers and the sink have committed every record on their topics."""
+) -> bool:
+    """Stop the parts so that nothing is left on the broker; False if something was."""
     topics = settings.kafka.topics()
-    groups = {
-        f"{topics.prefix}{settings.stream.app_id}": [topics.usage, topics.budget_contributions],
-        f"{topics.prefix}{settings.lake.sink_group_id}": [
-            topics.priced,
-            topics.alerts,
-            topics.budget_state,
-        ],
-    }
+    stream_group = f"{topics.prefix}{settings.stream.app_id}"
+    sink_group = f"{topics.prefix}{settings.lake.sink_group_id}"
+    by_role: dict[str, list[Part]] = {}
+    for part in parts:
+        by_role.setdefault(part.role, []).append(part)
+    complete = True
+    stages = [
+        ("extra", None, None),
+        ("reporting", None, None),
+        ("gateway", None, "finishing calls, flushing usage events"),
+        (
+            "worker",
+            (stream_group, [topics.usage, topics.budget_contributions, topics.alerts]),
+            None,
+        ),
+        ("sink", (sink_group, [topics.priced, topics.alerts, topics.budget_state]), None),
+    ]
+    for role, drain, doing in stages:
+        if drain is not None and broker.embedded is not None:
+            complete &= _drain(supervisor, settings, broker.bootstrap, *drain, say)
+        for part in reversed(by_role.get(role, [])):
+            say(f"  stopping {part.name}" + (f" ({doing})" if doing else "") + " …")
+            supervisor.stop(part.name)
+    return complete
+
+
+def _drain(
+    supervisor: Supervisor,
+    settings: Settings,
+    bootstrap: str,
+    group: str,
+    topics: list[str],
+    say: Callable[[str], None],
+) -> bool:
+    """Wait until ``group`` has committed every record on ``topics``; False on giving up.
+
+    Parts are still watched meanwhile: one that crashes is restarted, and catches up.
+    """
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     said = 0.0
     while True:
+        supervisor.check()
         try:
-            left = sum(
-                sum(asyncio.run(group_lag(settings.kafka, bootstrap, group, names)).values())
-                for group, names in groups.items()
-            )
-        except KafkaError as error:
-            say(f"! cannot read the consumer groups' progress ({error}); not waiting")
-            return
+            left = sum(asyncio.run(group_lag(settings.kafka, bootstrap, group, topics)).values())
+        except (KafkaError, TimeoutError) as error:
+            say(f"! cannot read {group}'s progress ({error!r}); not waiting for it")
+            return False
         if left == 0:
-            say("✓ workers and sink caught up: nothing left on the broker")
-            return
+            say(f"✓ {group} caught up")
+            return True
         now = time.monotonic()
         if now > deadline:
-            say(f"! gave up waiting after {DRAIN_TIMEOUT_S:.0f} s: {left} records not processed")
-            return
+            say(f"! gave up waiting after {DRAIN_TIMEOUT_S:.0f} s: {group} left {left} records")
+            return False
         if now - said > 2:
-            say(f"  waiting for the workers and the sink: {left} records to go …")
+            say(f"  waiting for {group}: {left} records to go …")
             said = now
         time.sleep(0.5)
 
 
 def _report(
     say: Callable[[str], None],
-    broker: _Broker,
+    broker: _RunningBroker,
     parts: list[Part],
     options: UpOptions,
     settings: Settings,
@@ -343,6 +413,6 @@ def _client_host(host: str) -> str:
 
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     return stop

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tollgate.broker import free_port
-from tollgate.demo.setup import ADMIN_KEY, KEYS, write_demo_config
-from tollgate.settings import Settings, load_settings
+from tollgate.demo.setup import ADMIN_KEY, KEYS, clear_demo, write_demo_config
+from tollgate.settings import BOOTSTRAP_ENV, Settings, load_settings
 from tollgate.supervisor import Part, child_env
 from tollgate.up import UpOptions, http_ok, run_up
 
@@ -25,17 +25,28 @@ def run_demo(
     say: Callable[[str], None] = print,
     *,
     spike_at_s: float = 45.0,
+    fresh: bool = True,
 ) -> int:
-    """Write the demo's config under ``directory`` and run the pipeline with it."""
+    """Write the demo's config under ``directory`` and run the pipeline with it.
+
+    ``fresh`` clears what an earlier demo left there (only the demo's own files). The demo
+    always runs on its own embedded broker: its made-up traffic never reaches a cluster
+    named by ``KAFKA_BOOTSTRAP_SERVERS``.
+    """
+    if fresh:
+        clear_demo(directory)
+    environ = {key: value for key, value in os.environ.items() if key != BOOTSTRAP_ENV}
+    if BOOTSTRAP_ENV in os.environ:
+        say(f"  {BOOTSTRAP_ENV} is ignored: the demo runs on its own embedded broker")
     provider_port = free_port()
     provider_url = f"http://127.0.0.1:{provider_port}"
     demo_env = write_demo_config(directory, provider_url)
-    settings = load_settings({**os.environ, **demo_env})
+    settings = load_settings({**environ, **demo_env})
     options = UpOptions(log_dir=directory / "logs", extra_env=demo_env)
     gateway_url = f"http://127.0.0.1:{settings.gateway.port}"
 
     def demo_parts(settings: Settings, bootstrap: str) -> list[Part]:
-        env = child_env({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **demo_env})
+        env = child_env({BOOTSTRAP_ENV: bootstrap, **demo_env})
         python = sys.executable
         return [
             Part(

@@ -8,6 +8,7 @@ are fixed and printed: they are demo keys for a gateway on loopback, nothing els
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,20 @@ BUDGETS = {
         },
     ]
 }
+
+
+DEMO_ENTRIES = ("routes.yaml", "budgets.yaml", "spool", "stream", "lake", "logs")
+"""What the demo writes in its directory: all that ``clear_demo`` removes."""
+
+
+def clear_demo(directory: Path) -> None:
+    """Remove what an earlier demo wrote in ``directory``, and nothing else."""
+    for name in DEMO_ENTRIES:
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def write_demo_config(directory: Path, provider_url: str) -> dict[str, str]:

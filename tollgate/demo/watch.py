@@ -34,7 +34,8 @@ def describe_exceeded(state: BudgetState) -> str:
 
 async def watch() -> None:
     settings = load_settings()
-    assert settings.kafka.bootstrap_servers is not None, "KAFKA_BOOTSTRAP_SERVERS is not set"
+    if settings.kafka.bootstrap_servers is None:
+        raise SystemExit("the watcher needs KAFKA_BOOTSTRAP_SERVERS")
     topics = settings.kafka.topics()
     options = consumer_options(settings.kafka, settings.kafka.bootstrap_servers)
     options["auto_offset_reset"] = "latest"
