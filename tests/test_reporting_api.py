@@ -604,6 +604,17 @@ def test_the_openapi_schema_lists_every_endpoint_and_the_key_schemes(world: Worl
     assert all(documented.values())
 
 
+def test_the_docs_page_needs_nothing_from_the_internet(world: World) -> None:
+    page = httpx.get(f"{world.url}/docs")
+    assert page.status_code == 200
+    assert "SwaggerUIBundle" in page.text
+    referenced = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    assert referenced, page.text
+    for url in referenced:
+        assert url.startswith("/"), f"/docs loads {url} from elsewhere"
+        assert httpx.get(f"{world.url}{url}").status_code == 200, url
+
+
 def test_tollgate_report_serves_the_lake_until_interrupted(world: World) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
     process = subprocess.Popen(

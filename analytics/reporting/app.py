@@ -6,8 +6,9 @@
   allows nothing from elsewhere.
 - ``/healthz``: 200 while the lake answers a query, else 503. No key needed.
 - ``/metrics``: Prometheus text. No key needed; it holds counts, never rows.
-- ``/docs``, ``/openapi.json``: the OpenAPI description. FastAPI's ``/docs`` page loads
-  Swagger UI from a CDN, so it needs the internet; ``/openapi.json`` does not.
+- ``/docs``, ``/openapi.json``: the OpenAPI description, browsable with Swagger UI, whose
+  assets are served from this app (``/docs-assets``, from the ``swagger-ui-bundle``
+  package): like the dashboard, the page works with no internet.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from analytics.lake_db import Lake
 from analytics.reporting.auth import KeyRing
@@ -87,6 +90,8 @@ def create_app(lake_path: Path, keys: KeyRing, *, lake: Lake | None = None) -> F
         version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served below, from local assets
+        redoc_url=None,
     )
     app.state.lake = opened
     app.state.keys = keys
@@ -114,5 +119,16 @@ def create_app(lake_path: Path, keys: KeyRing, *, lake: Lake | None = None) -> F
     def root() -> RedirectResponse:
         return RedirectResponse("dashboard/")
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} — docs",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), "docs-assets")
     app.mount("/dashboard", _DashboardFiles(directory=DASHBOARD_DIR, html=True), "dashboard")
     return app
