@@ -145,26 +145,28 @@ class Supervisor:
         child = self._children.get(name)
         return child is not None and child.process.poll() is None
 
-    def stop(self, name: str) -> int | None:
-        """Stop one part: SIGTERM, then SIGKILL after its timeout. Returns its exit code."""
+    def stop(self, name: str, timeout_s: float | None = None) -> int | None:
+        """Stop one part: SIGTERM, then SIGKILL after ``timeout_s`` (default: the part's).
+        Returns its exit code."""
         child = self._children.pop(name, None)
         if child is None:
             return None
         process = child.process
+        timeout_s = child.part.stop_timeout_s if timeout_s is None else timeout_s
         if process.poll() is None:
             _signal_group(process, signal.SIGTERM)
             try:
-                process.wait(child.part.stop_timeout_s)
+                process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.say(f"! {name} did not stop in {child.part.stop_timeout_s:.0f} s; killed")
+                self.say(f"! {name} did not stop in {timeout_s:.0f} s; killed")
                 _signal_group(process, signal.SIGKILL)
                 process.wait()
         return process.returncode
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout_s: float | None = None) -> None:
         """Stop every part, the last started first."""
         for name in reversed(list(self._children)):
-            self.stop(name)
+            self.stop(name, timeout_s)
 
     def _spawn(self, part: Part) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -248,9 +248,17 @@ def run_up(
                 started()
             while not stop.wait(0.25):
                 supervisor.check()
-                if broker.restarted(say):
-                    say("  restarting every part on the new broker …")
-                    supervisor.stop_all()
+                if broker.died(say):
+                    # Stopped before the new broker is up, so that no part carries state
+                    # from the old log (offsets, changelogs) into the new one.
+                    say("  stopping every part; they start again on a new broker …")
+                    for part in reversed(parts):
+                        # Workers and sinks have no broker to commit to: a short grace, then
+                        # SIGKILL, which they survive without loss or double count. The
+                        # gateway keeps its full grace to spool what it could not send.
+                        quick = part.role in {"worker", "sink"}
+                        supervisor.stop(part.name, 5.0 if quick else None)
+                    broker.restart()
                     _start_all(supervisor, parts, stop, say)
         except StartInterrupted:
             say("stopped while starting.")
@@ -282,20 +290,23 @@ class _RunningBroker:
     settings: Settings
     embedded: EmbeddedBroker | None
 
-    def restarted(self, say: Callable[[str], None]) -> bool:
-        """Restart the embedded broker if it died; True if it did (the parts must follow:
-        the new broker numbers every topic's offsets from 0 again)."""
+    def died(self, say: Callable[[str], None]) -> bool:
+        """Whether the embedded broker died (and, if so, say it)."""
         broker = self.embedded
         if broker is None or broker.process is None or broker.process.poll() is None:
             return False
         say(
-            f"! embedded broker exited with code {broker.process.returncode}: restarting it "
-            "(its records are gone; workers rebuild open budgets from the lake)"
+            f"! embedded broker exited with code {broker.process.returncode}: its records "
+            "are gone; the workers rebuild open budgets from the lake"
         )
-        broker.start()
+        return True
+
+    def restart(self) -> None:
+        """Start the embedded broker again, on its old address, with every topic."""
+        assert self.embedded is not None
+        self.embedded.start()
         kafka = self.settings.kafka
         asyncio.run(ensure_topics(kafka, self.bootstrap, kafka.topics()))
-        return True
 
 
 @contextlib.contextmanager
