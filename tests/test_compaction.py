@@ -3,7 +3,12 @@ point, and a restarted sink that does not write compacted offsets again."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -224,3 +229,41 @@ async def test_a_sink_restarted_after_compaction_does_not_write_compacted_offset
     for directory in {path.parent for path in range_files(lake)}:
         names = [RangeName.parse(path.name) for path in directory.glob("*.parquet")]
         assert not superseded(n for n in names if n is not None), names_in(directory)
+
+
+def test_compact_every_keeps_merging_closed_days_until_stopped(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    events = two_days(30, "acme")
+    write_ranges(lake, events, partition=0, per_range=6)  # offsets 0-29, five ranges
+    before = day_rows(lake, DAY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tollgate.cli", "compact", "--every", "0.2"],
+        env={**env, "TOLLGATE_LAKE_PATH": str(lake)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    directory = partition_dir(lake, DAY)
+    deadline = time.monotonic() + 30
+
+    def wait_for(names: list[str]) -> None:
+        while [name.split("-g0000-")[1] for name in names_in(directory)] != names:
+            assert process.poll() is None, "compact --every exited"
+            assert time.monotonic() < deadline, names_in(directory)
+            time.sleep(0.1)
+
+    try:
+        # Everything but the newest range (which a restarted sink may still complete).
+        wait_for([f"c{0:020d}-c{23:020d}.parquet", f"o{24:020d}-o{29:020d}-t1024.parquet"])
+        # A later range makes that one mergeable: the next round takes it in.
+        write_ranges(
+            lake, [make_priced(tenant="acme", time=T0)], partition=0, per_range=1, first=30
+        )
+        wait_for([f"c{0:020d}-c{29:020d}.parquet", f"o{30:020d}-o{30:020d}-t1030.parquet"])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert process.returncode == 0
+    after = day_rows(lake, DAY)
+    assert after.num_rows == before.num_rows + 1
+    assert set(before["event_id"].to_pylist()) < set(after["event_id"].to_pylist())

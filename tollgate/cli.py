@@ -175,29 +175,49 @@ def sink(obj: _Context, metrics_port: int | None) -> None:
     help="Only this sub-lake (repeatable; default: all).",
 )
 @click.option("--force", is_flag=True, help="Compact --day even if it is today (UTC).")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Keep running: compact the closed days every this many seconds, until Ctrl-C.",
+)
 @click.pass_obj
-def compact(obj: _Context, day: datetime | None, sub_lakes: tuple[str, ...], force: bool) -> None:
+def compact(
+    obj: _Context,
+    day: datetime | None,
+    sub_lakes: tuple[str, ...],
+    force: bool,
+    every: float | None,
+) -> None:
     """Merge a closed day's small lake files into one per topic partition.
 
     Rows are kept exactly (second copies of an event or alert dropped); safe to run
-    while the sink writes, and to interrupt.
+    while the sink writes, and to interrupt. `tollgate up` runs it with --every.
     """
     from stream.compaction import compact_closed_days, compact_day
     from tollgate.lake import SCHEMAS
 
     settings = obj.settings()
     configure_logging(settings.log.level, json_lines=settings.log.format == "json")
+    if every is not None and day is not None:
+        raise click.UsageError("--every compacts the closed days; it takes no --day")
     lake = settings.lake.path
-    results = []
-    for sub_lake in sub_lakes or tuple(SCHEMAS):
-        if day is None:
-            results += compact_closed_days(lake, sub_lake)
-        else:
-            results.append(compact_day(lake, sub_lake, day.date(), force=force))
-    for result in results:
-        click.echo(result.summary())
-    if not results:
-        click.echo("nothing to compact.")
+    stop = _stop_event() if every is not None else None
+    while True:
+        results = []
+        for sub_lake in sub_lakes or tuple(SCHEMAS):
+            if day is None:
+                results += compact_closed_days(lake, sub_lake)
+            else:
+                results.append(compact_day(lake, sub_lake, day.date(), force=force))
+        for result in results:
+            click.echo(result.summary())
+        if stop is None:
+            if not results:
+                click.echo("nothing to compact.")
+            return
+        if stop.wait(every):
+            return
 
 
 @cli.command()
@@ -280,11 +300,16 @@ def seed_lake(obj: _Context, events: int, days: int, out: Path | None, seed: int
         click.echo(f"  incident: {incident}")
 
 
-def _wait_for_stop_signal() -> None:
+def _stop_event() -> threading.Event:
+    """Set by SIGINT or SIGTERM."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    return stop
+
+
+def _wait_for_stop_signal() -> None:
+    _stop_event().wait()
 
 
 def main() -> None:

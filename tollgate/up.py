@@ -34,6 +34,8 @@ from tollgate.settings import CONFIG_ENV, Settings
 from tollgate.supervisor import Part, StartInterrupted, Supervisor, child_env, tollgate_argv
 
 ADMIN_KEY_ENV = "TOLLGATE_REPORTING_ADMIN_KEY"
+COMPACT_EVERY_S = 600
+"""How often ``up``'s compactor merges the lake's closed days."""
 DRAIN_TIMEOUT_S = 60.0
 """How long a stop waits for a consumer group to catch up before giving up."""
 
@@ -179,6 +181,16 @@ def plan(
             address=f"metrics http://127.0.0.1:{sink_port}/metrics" if sink_port else None,
             settle_s=2.0,
             role="sink",
+        )
+    )
+    parts.append(
+        Part(
+            "compactor",
+            tollgate_argv("compact", "--every", str(COMPACT_EVERY_S)),
+            child_env(base),
+            lambda: True,
+            settle_s=1.0,
+            role="extra",  # crash-safe at any instant: stopped first
         )
     )
     gateway_url = f"http://{_client_host(settings.gateway.host)}:{settings.gateway.port}"
