@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,12 +154,11 @@ def _write_config(directory: Path, providers: Providers) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def pipeline(
-    tmp_path_factory: pytest.TempPathFactory, fake_providers: Providers
-) -> Iterator[Pipeline]:
-    directory = tmp_path_factory.mktemp("e2e")
-    settings_env = _write_config(directory, fake_providers)
+@contextmanager
+def running_up(directory: Path, providers: Providers) -> Iterator[Pipeline]:
+    """``tollgate up`` started in ``directory`` in front of ``providers``, until the block
+    ends (then SIGINT)."""
+    settings_env = _write_config(directory, providers)
     env = {
         key: value
         for key, value in os.environ.items()
@@ -198,6 +198,14 @@ def pipeline(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    tmp_path_factory: pytest.TempPathFactory, fake_providers: Providers
+) -> Iterator[Pipeline]:
+    with running_up(tmp_path_factory.mktemp("e2e"), fake_providers) as running:
+        yield running
 
 
 def _openai(url: str, key: str) -> openai.OpenAI:

@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Providers
-from tests.test_e2e import GLOBEX_KEY, Pipeline, _chat, _lake_ids, _wait, _write_config
+from tests.test_e2e import GLOBEX_KEY, _chat, _lake_ids, _wait, running_up
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -36,37 +33,7 @@ def _broker_pid(address: str) -> int:
 def test_a_dead_broker_is_restarted_with_every_part(
     tmp_path: Path, fake_providers: Providers
 ) -> None:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("TOLLGATE_") and key != "KAFKA_BOOTSTRAP_SERVERS"
-    }
-    settings_env = _write_config(tmp_path, fake_providers)
-    env.update(settings_env)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tollgate.cli", "up", "--log-dir", str(tmp_path / "logs")],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    up = Pipeline(
-        process,
-        env,
-        f"http://127.0.0.1:{settings_env['TOLLGATE_GATEWAY_PORT']}",
-        f"http://127.0.0.1:{settings_env['TOLLGATE_REPORTING_PORT']}",
-        tmp_path / "lake",
-    )
-
-    def read_output() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            up.lines.append(line.rstrip("\n"))
-
-    threading.Thread(target=read_output, daemon=True).start()
-    try:
-        up.wait_for_line(re.compile("Tollgate is up"))
+    with running_up(tmp_path, fake_providers) as up:
         assert _chat(up, GLOBEX_KEY)[0] == 200
         before = set(up.sent_ids)
         _wait(lambda: before <= set(_lake_ids(up.lake)), 60, "the first call in the lake")
@@ -89,11 +56,8 @@ def test_a_dead_broker_is_restarted_with_every_part(
         _wait(lambda: after <= set(_lake_ids(up.lake)), 60, "a call on the new broker")
         ids = _lake_ids(up.lake)
         assert len(ids) == len(set(ids))
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            process.wait(120)
-    assert process.returncode == 0, "\n".join(up.lines)
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(120) == 0, "\n".join(up.lines)
 
 
 def _pid_in(line: str) -> int | None:

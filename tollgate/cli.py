@@ -82,12 +82,7 @@ def gateway(obj: _Context, port: int | None) -> None:
         settings = settings.model_copy(
             update={"gateway": settings.gateway.model_copy(update={"port": port})}
         )
-    if settings.kafka.bootstrap_servers is None:
-        raise click.UsageError(
-            "the gateway needs a broker: set KAFKA_BOOTSTRAP_SERVERS "
-            "(`tollgate broker` prints it), or use `tollgate up`"
-        )
-    run(resolve_parts(settings, os.environ, settings.kafka.bootstrap_servers))
+    run(resolve_parts(settings, os.environ, _bootstrap(settings, "gateway")))
 
 
 @cli.command()
@@ -101,12 +96,7 @@ def worker(obj: _Context) -> None:
 
     settings = obj.settings()
     configure_logging(settings.log.level, json_lines=settings.log.format == "json")
-    if settings.kafka.bootstrap_servers is None:
-        raise click.UsageError(
-            "the worker needs a broker: set KAFKA_BOOTSTRAP_SERVERS "
-            "(`tollgate broker` prints it), or use `tollgate up`"
-        )
-    run(settings, settings.kafka.bootstrap_servers)
+    run(settings, _bootstrap(settings, "worker"))
 
 
 @cli.command()
@@ -152,12 +142,7 @@ def sink(obj: _Context, metrics_port: int | None) -> None:
         settings = settings.model_copy(
             update={"lake": settings.lake.model_copy(update={"sink_metrics_port": metrics_port})}
         )
-    if settings.kafka.bootstrap_servers is None:
-        raise click.UsageError(
-            "the sink needs a broker: set KAFKA_BOOTSTRAP_SERVERS "
-            "(`tollgate broker` prints it), or use `tollgate up`"
-        )
-    run(settings, settings.kafka.bootstrap_servers)
+    run(settings, _bootstrap(settings, "sink"))
 
 
 @cli.command()
@@ -298,6 +283,16 @@ def seed_lake(obj: _Context, events: int, days: int, out: Path | None, seed: int
     )
     for incident in summary.incidents:
         click.echo(f"  incident: {incident}")
+
+
+def _bootstrap(settings: Settings, part: str) -> str:
+    """The broker a part connects to; a usage error naming the setting if there is none."""
+    if settings.kafka.bootstrap_servers is None:
+        raise click.UsageError(
+            f"the {part} needs a broker: set KAFKA_BOOTSTRAP_SERVERS "
+            "(`tollgate broker` prints it), or use `tollgate up`"
+        )
+    return settings.kafka.bootstrap_servers
 
 
 def _stop_event() -> threading.Event:
