@@ -12,7 +12,9 @@ range; ``stream.sink_dedupe`` how a second copy of an event is dropped.
 
 Rebalances: on revocation the revoked partitions' buffers are dropped (the next owner
 reads them again, resuming from the lake), queued writes of theirs are skipped, and a
-write already under way is waited for, so the next owner's scan sees it. Kafka starts
+write already under way is waited for, so the next owner's scan sees it. A fetch begun
+before an assignment's seeks (from the committed offsets) never reaches the partitions:
+they are read again from where they take up. Kafka starts
 the next owner only once every member has given its partitions up, so a partition has
 one writer at a time. What this cannot cover is a member that stalls past its session
 timeout in the middle of a write: the rows it writes late are double, and compaction
@@ -89,6 +91,8 @@ class LakeSink:
         """Rows read and buffered so far, per sub-lake (written or about to be)."""
         self._parts: dict[TopicPartition, PartitionSink] = {}
         self._epoch = 0
+        self._counted_to: dict[TopicPartition, tuple[int, int]] = {}
+        """Per partition, (generation, offset) below which drops were counted."""
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(_QUEUED)
         self._writer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -110,10 +114,11 @@ class LakeSink:
             next_tick = 0.0
             while not stop.is_set():
                 self._raise_if_failed()
+                epoch = self._epoch
                 batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_MAX_RECORDS)
                 for _ in range(_YIELDS):  # let the fetcher send the next fetch: it overlaps
                     await asyncio.sleep(0)  # with decoding this batch
-                await self._take(consumer, batches)
+                await self._take(consumer, batches, epoch)
                 now = time.monotonic()
                 if now >= next_tick:
                     await self._tick(consumer, now)
@@ -133,25 +138,36 @@ class LakeSink:
                 await self._writer
             await consumer.stop()
 
-    async def _take(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list]) -> None:
-        epoch = self._epoch
+    async def _take(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list], epoch: int
+    ) -> None:
+        """Hand ``batches`` to their partitions. If an assignment ran since ``epoch``,
+        when the fetch began, a batch may have been read from the committed offset before
+        the assignment's seek: it is dropped, and its partition read again from where
+        the partition sink takes up."""
         for tp, records in batches.items():
-            if epoch != self._epoch:
-                return  # a rebalance ran while we waited: the rest was fetched for it
             part = self._parts.get(tp)
             if part is None or not records:
+                continue
+            if epoch != self._epoch:
+                consumer.seek(tp, part.next_offset)
                 continue
             await self._taken(consumer, tp, part, part.take(records, time.monotonic()))
 
     async def _taken(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, part: PartitionSink, taken: Taken
     ) -> None:
-        self._count(part, taken)
+        self._count(tp, part, taken)
         if taken.read_from_beginning:
-            self._new_log(part)
+            self._new_log(part, taken.why)
             consumer.seek(tp, 0)
         for write in taken.writes:
             await self._queue.put(_Job(tp, part, write))
+
+    @property
+    def partitions(self) -> set[TopicPartition]:
+        """The partitions this sink holds now."""
+        return set(self._parts)
 
     def caught_up(self) -> bool:
         """Whether the lake holds every record the broker last said its assigned
@@ -169,6 +185,8 @@ class LakeSink:
         """Roll buffers that are due; complete ranges the log holds no more of; lag."""
         lag = dict.fromkeys(self.sub_lakes.values(), 0)
         for tp, part in list(self._parts.items()):
+            if self._parts.get(tp) is not part:
+                continue  # revoked while an earlier partition waited
             highwater = consumer.highwater(tp)
             changed = part.check_highwater(highwater) if highwater is not None else None
             if changed is not None:
@@ -177,7 +195,9 @@ class LakeSink:
             write = part.due(now)
             if write is None and part.completing:
                 with contextlib.suppress(KafkaError):
-                    write = part.passed(await consumer.position(tp))
+                    position = await consumer.position(tp)
+                    if self._parts.get(tp) is part:
+                        write = part.passed(position)
             if write is not None:
                 await self._queue.put(_Job(tp, part, write))
             if highwater is not None:
@@ -185,25 +205,40 @@ class LakeSink:
         for sub_lake, records in lag.items():
             self.metrics.lag.labels(sub_lake).set(records)
 
-    def _new_log(self, part: PartitionSink) -> None:
+    def _new_log(self, part: PartitionSink, why: str) -> None:
         self.metrics.generations.labels(part.sub_lake).inc()
         log.warning(
-            "%s[%d]: the broker no longer holds the log the lake was written from; "
+            "%s[%d]: the broker no longer holds the log the lake was written from (%s); "
             "reading its new log from the beginning as generation %d",
             part.topic,
             part.partition,
+            why,
             part.generation,
         )
 
-    def _count(self, part: PartitionSink, taken: Taken) -> None:
+    def _count(self, tp: TopicPartition, part: PartitionSink, taken: Taken) -> None:
+        """Count (and log) what ``taken`` dropped, once per offset: a rebalance or a
+        failed write has records read again."""
         self.rows_taken[part.sub_lake] += taken.rows
-        if taken.duplicates:
-            self.metrics.duplicates.labels(part.sub_lake).inc(taken.duplicates)
+        counted_to = self._count_to(tp, part, taken.read_to or 0)
+        duplicates = sum(offset >= counted_to for offset in taken.duplicates)
+        if duplicates:
+            self.metrics.duplicates.labels(part.sub_lake).inc(duplicates)
         for offset, reason in taken.rejected:
+            if offset < counted_to:
+                continue
             self.metrics.rejected.labels(part.sub_lake).inc()
             log.warning(
                 "%s[%d]@%d refused, not written: %s", part.topic, part.partition, offset, reason
             )
+
+    def _count_to(self, tp: TopicPartition, part: PartitionSink, offset: int) -> int:
+        """Move the partition's counted mark up to ``offset``; the mark it had."""
+        generation, counted_to = self._counted_to.get(tp, (part.generation, 0))
+        if generation != part.generation:
+            counted_to = 0
+        self._counted_to[tp] = (part.generation, max(counted_to, offset))
+        return counted_to
 
     async def _write_queued(self, consumer: AIOKafkaConsumer) -> None:
         while True:
@@ -267,7 +302,6 @@ class LakeSink:
             raise
 
     async def _assign(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
-        self._epoch += 1
         histories: dict[str, dict[tuple[str, int], PartitionHistory]] = {}
         for sub_lake in sorted({self.sub_lakes[tp.topic] for tp in assigned}):
             histories[sub_lake] = await asyncio.to_thread(scan, self.lake, sub_lake)
@@ -277,11 +311,14 @@ class LakeSink:
             history = histories[sub_lake].get((tp.topic, tp.partition))
             parts[tp] = await self._partition_sink(sub_lake, tp, history)
         for tp, part in parts.items():
+            # Drops below the lake's end were counted by whoever wrote it.
+            self._count_to(tp, part, part.written_next or 0)
             # Offset 0 rather than seek_to_beginning, which awaits: an offset before the
             # log's start is reset to it (auto_offset_reset), and no await lets a record
             # fetched from the committed offset in first.
             consumer.seek(tp, part.start_offset or 0)
         self._parts.update(parts)
+        self._epoch += 1  # after the seeks: a fetch begun before them read elsewhere
         if self.assigned_at is None:
             self.assigned_at = time.monotonic()
         log.info("assigned %d partitions", len(assigned))

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from stream.sink_dedupe import RecentIds
 from stream.sink_files import PartitionHistory
@@ -51,10 +50,15 @@ class Taken:
     writes: list[RangeWrite] = field(default_factory=list)
     read_from_beginning: bool = False
     """The broker's log is not the lake's: seek to its beginning (a new generation)."""
+    why: str = ""
+    """What told the log was a new one (for the log line)."""
     rows: int = 0
     """Rows buffered (after dropping second copies)."""
-    duplicates: int = 0
+    duplicates: list[int] = field(default_factory=list)
+    """Offsets of second copies, dropped."""
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    read_to: int | None = None
+    """The offset after the last record taken (None: none taken)."""
 
 
 class _Mode(Enum):
@@ -112,6 +116,14 @@ class PartitionSink:
         checking, past the last record taken after."""
 
     @property
+    def next_offset(self) -> int:
+        """Where reading takes up: the newest range's first offset while checking, the
+        offset after the last record taken after."""
+        if self._mode is _Mode.CHECKING:
+            return self.start_offset or 0
+        return self._next
+
+    @property
     def completing(self) -> bool:
         """Reading the newest range again (after the check, before its last offset)."""
         return self._mode is _Mode.COMPLETING
@@ -123,10 +135,14 @@ class PartitionSink:
             return taken
         if self._mode is _Mode.CHECKING:
             if not self._same_log(records[0]):
-                return self._new_log()
+                return self._new_log(
+                    f"the first record read (offset {records[0].offset}, time "
+                    f"{records[0].timestamp}) is not the newest range's first "
+                    f"({self.newest.first}, time {self.newest.first_timestamp_ms})"  # type: ignore[union-attr]
+                )
             self._mode = _Mode.COMPLETING
         elif records[0].offset < self._next:
-            return self._new_log()  # reset to the start of a log that began again
+            return self._new_log(f"offset {records[0].offset} came after {self._next - 1}")
         self._next = records[-1].offset + 1
         if self._mode is _Mode.COMPLETING:
             assert self.newest is not None
@@ -174,7 +190,7 @@ class PartitionSink:
         """
         if highwater >= self._next:
             return None
-        return self._new_log()
+        return self._new_log(f"the log ends at {highwater}, before offset {self._next}")
 
     def written(self, name: RangeName) -> None:
         """The writer wrote ``name`` (the lake now holds the partition up to its end)."""
@@ -187,8 +203,8 @@ class PartitionSink:
             return record.timestamp == self.newest.first_timestamp_ms
         return record.offset > self.newest.first
 
-    def _new_log(self) -> Taken:
-        taken = Taken(read_from_beginning=True)
+    def _new_log(self, why: str) -> Taken:
+        taken = Taken(read_from_beginning=True, why=why)
         if self._buffer.first_offset is not None:  # records of the old log: keep them
             completing = self.newest if self._mode is _Mode.COMPLETING else None
             taken.writes.append(self._roll(completing))
@@ -212,15 +228,18 @@ class PartitionSink:
                 table.column(self.id_column).to_pylist(), table.column("_offset").to_pylist()
             )
             if keep is not None:
-                mask = pa.array(keep, pa.bool_())
-                taken.duplicates += len(keep) - pc.sum(mask).as_py()
-                table = table.filter(mask)
+                offsets = table.column("_offset")
+                taken.duplicates += [
+                    o for o, k in zip(offsets.to_pylist(), keep, strict=True) if not k
+                ]
+                table = table.filter(pa.array(keep, pa.bool_()))
         buffer = self._buffer
         if buffer.first_offset is None:
             buffer.first_offset = records[0].offset
             buffer.first_timestamp_ms = records[0].timestamp
             buffer.opened_at = now
         buffer.last_offset = records[-1].offset
+        taken.read_to = records[-1].offset + 1
         if table.num_rows:
             buffer.chunks.append(table)
             buffer.rows += table.num_rows

@@ -22,7 +22,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.sink import LakeSink
 from stream.sink_rows import decode_priced
@@ -32,7 +32,7 @@ from tests.stream_world import REPO, StreamWorker, worker_env
 from tests.test_lake_schema import varied_events
 from tollgate.broker import free_port
 from tollgate.contract import PricedEvent, decode, encode
-from tollgate.kafka import producer_options
+from tollgate.kafka import consumer_options, producer_options
 from tollgate.lake import (
     ALERTS,
     BUDGET_STATE,
@@ -281,6 +281,49 @@ async def test_a_second_copy_of_an_event_is_stored_once_also_across_a_restart(
 
     ids = Counter(lake_table(lake, PRICED)["event_id"].to_pylist())
     assert ids == Counter(str(event.event_id) for event in first + later)
+
+
+@pytest.mark.parametrize("join_after_s", [0.0, 0.8])
+async def test_a_rebalance_while_a_restarted_sink_starts_keeps_its_log_and_counts(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics, tmp_path: Path, join_after_s: float
+) -> None:
+    """Another member joins (and leaves) while the restarted sink checks its logs: a fetch
+    from the committed offsets, begun before the new assignment's seeks, must not reach
+    the partitions (it once made a log read from the middle look like a new one), and a
+    copy read twice is still one copy dropped."""
+    first, later = spread_events(60), spread_events(60)
+    records = priced_records(first)
+    lake = tmp_path / "lake"
+    settings = sink_settings(kafka_settings, lake)
+    async with running_sink(settings, broker) as sink:
+        await produce(kafka_settings, broker, topics.priced, records + records[::4])
+        await produce(kafka_settings, broker, topics.priced, priced_records(later))
+        await until_rows(lake, 120)
+    await produce(kafka_settings, broker, topics.priced, records[1::4])
+    async with running_sink(settings, broker) as sink:
+        await asyncio.sleep(join_after_s)
+        other = AIOKafkaConsumer(
+            *sink.sub_lakes, group_id=sink.group_id, **consumer_options(settings.kafka, broker)
+        )
+        await other.start()
+        try:
+            await other.getmany(timeout_ms=1_500)
+        finally:
+            await other.stop()
+        every = 3 * topics.partitions
+        await wait_until(lambda: len(sink.partitions) == every and sink.caught_up())
+        assert _new_logs(sink) == 0
+        assert _duplicates(sink) == 15
+
+    ids = Counter(lake_table(lake, PRICED)["event_id"].to_pylist())
+    assert ids == Counter(str(event.event_id) for event in first + later)
+
+
+def _new_logs(sink: LakeSink) -> float:
+    value = sink.metrics.registry.get_sample_value(
+        "tollgate_sink_new_log_generations_total", {"sub_lake": PRICED}
+    )
+    return value or 0
 
 
 def _duplicates(sink: LakeSink) -> float:
