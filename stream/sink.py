@@ -14,11 +14,10 @@ Rebalances: on revocation the revoked partitions' buffers are dropped (the next 
 reads them again, resuming from the lake), queued writes of theirs are skipped, and a
 write already under way is waited for, so the next owner's scan sees it. A fetch begun
 before an assignment's seeks (from the committed offsets) never reaches the partitions:
-they are read again from where they take up. Kafka starts
-the next owner only once every member has given its partitions up, so a partition has
-one writer at a time. What this cannot cover is a member that stalls past its session
-timeout in the middle of a write: the rows it writes late are double, and compaction
-drops them.
+they are read again from where they take up. Kafka starts the next owner only once every
+member has given its partitions up, so a partition has one writer at a time. What this
+cannot cover is a member that stalls past its session timeout in the middle of a write:
+the rows it writes late are double, and compaction drops them.
 
 Writes run in a thread, one at a time in the order ranges were rolled, while the loop
 reads on; at most ``_QUEUED`` ranges wait, which bounds memory.
