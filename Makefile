@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/contract.py
 	$(BIN)/python bench/gateway.py --rounds 5 --scale 2
 	$(BIN)/python bench/stream.py --events 100000
+	$(BIN)/python bench/lake.py --workdir /tmp/bench-lake
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
