@@ -10,7 +10,8 @@
 
 Each agent reads in batches (``take_events``) and acknowledges a batch only after every
 record it produced was acknowledged by the broker: at least once in, exactly once in
-effect (ids deduped at the meter, offsets watermarked at the budgets).
+effect (ids deduped at the meter, offsets watermarked at the budgets). Both rely on each
+partition being read in order, which ``stream.in_order`` makes sure of.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from stream.budget_definitions import BudgetIndex, load_budgets
 from stream.budget_engine import SubjectState
 from stream.budget_stage import BudgetStage, ContributionRecord
 from stream.faust_options import faust_options
+from stream.gap_reader import Record, read_range, start_offset
+from stream.in_order import InOrder
 from stream.meter import Meter, UsageRecord
 from stream.metrics import StreamMetrics
 from stream.partitioned_table import add_table
@@ -85,15 +88,47 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     app.tollgate_metrics = metrics  # type: ignore[attr-defined]
     app.tollgate_budgets = budgets  # type: ignore[attr-defined]
 
+    usage_order, contributions_order = InOrder(topics.usage), InOrder(topics.budget_contributions)
+
+    async def in_order(order: InOrder, events: list[Any]) -> list[Record]:
+        """``events`` in their partitions' order, the gaps Faust left filled from the
+        broker (``stream.in_order``)."""
+        for partition in order.unknown({event.message.partition for event in events}):
+            order.start(
+                partition,
+                await start_offset(kafka, bootstrap_servers, app.conf.id, order.name, partition),
+            )
+        admitted = order.admit(
+            [(event.message.partition, event.message.offset) for event in events]
+        )
+        filled: list[Record] = []
+        for partition, (first, end) in admitted.gaps.items():
+            metrics.gaps_filled.inc(end - first)
+            log.warning(
+                "%s[%d]: offsets %d to %d were skipped on the way in; reading them directly",
+                order.name,
+                partition,
+                first,
+                end - 1,
+            )
+            try:
+                filled += await read_range(
+                    kafka, bootstrap_servers, order.name, partition, first, end
+                )
+            except BaseException:
+                order.forget()  # start over from the committed offsets, gap included
+                raise
+        return filled + [_record(events[index]) for index in admitted.indexes]
+
     @app.agent(usage_topic, concurrency=1)
     async def meter_usage(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             records = [
-                UsageRecord(
-                    e.message.partition, e.message.offset, e.key, e.value, e.message.timestamp
-                )
-                for e in events
+                UsageRecord(r.partition, r.offset, r.key, r.value, r.timestamp_s)
+                for r in await in_order(usage_order, events)
             ]
+            if not records:
+                continue
             out = meter.process(records, seen_ids.first_offset)
             produce = app.producer.send
             sent = [
@@ -140,8 +175,11 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
         await seeded.wait()
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             records = [
-                ContributionRecord(e.message.partition, e.message.offset, e.value) for e in events
+                ContributionRecord(r.partition, r.offset, r.value)
+                for r in await in_order(contributions_order, events)
             ]
+            if not records:
+                continue
             out = stage.process(records, subjects.get, datetime.now(UTC))
             for key, value in out.writes.items():
                 subjects[key] = value
@@ -176,6 +214,8 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **_: Any) -> None:  # type: ignore[misc]
         seen_ids.forget_index()  # rebuilt from the recovered table on next use
+        usage_order.forget()
+        contributions_order.forget()
 
     @app.timer(interval=10.0)
     async def close_spend_buckets() -> None:
@@ -201,6 +241,11 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             await webhooks.close()
 
     return app
+
+
+def _record(event: Any) -> Record:
+    message = event.message
+    return Record(message.partition, message.offset, event.key, event.value, message.timestamp)
 
 
 async def _send_all(app: faust.App, topic: str, records: list[tuple[bytes, bytes]]) -> list[Any]:

@@ -38,6 +38,11 @@ class StreamMetrics:
         self.late = Counter(
             "tollgate_stream_budget_late", "Contributions for windows already closed", registry=r
         )
+        self.gaps_filled = Counter(
+            "tollgate_stream_gap_records",
+            "Records the consumer skipped, read directly from the broker before going on",
+            registry=r,
+        )
         self.alerts_raised = Counter(
             "tollgate_stream_alerts", "Alerts raised", ["kind"], registry=r
         )
