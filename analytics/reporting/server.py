@@ -105,6 +105,9 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # Listening now, so that a caller told the address can connect at once: calls
+        # wait in the backlog until uvicorn serves them.
+        sock.listen(2048)
     except OSError as error:
         sock.close()
         raise SettingsError(f"cannot listen on {host}:{port}: {error.strerror}") from None
