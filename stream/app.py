@@ -30,7 +30,7 @@ from stream.budget_definitions import BudgetIndex, load_budgets
 from stream.budget_engine import SubjectState
 from stream.budget_stage import BudgetStage, ContributionRecord
 from stream.faust_options import faust_options
-from stream.gap_reader import Record, read_range, start_offset
+from stream.gap_reader import Record, read_range
 from stream.in_order import InOrder
 from stream.meter import Meter, UsageRecord
 from stream.metrics import StreamMetrics
@@ -40,6 +40,7 @@ from stream.seen_ids import SeenIds
 from stream.spend_batch import spends_per_minute
 from stream.webhooks import WebhookSender, load_webhook_targets
 from tollgate.contract import Alert, BudgetDefinition, decode, encode
+from tollgate.group_offsets import group_resume_offsets
 from tollgate.kafka import client_options
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
@@ -93,11 +94,12 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     async def in_order(order: InOrder, events: list[Any]) -> list[Record]:
         """``events`` in their partitions' order, the gaps Faust left filled from the
         broker (``stream.in_order``)."""
-        for partition in order.unknown({event.message.partition for event in events}):
-            order.start(
-                partition,
-                await start_offset(kafka, bootstrap_servers, app.conf.id, order.name, partition),
-            )
+        unknown = order.unknown({event.message.partition for event in events})
+        if unknown:
+            partitions = [TopicPartition(order.name, partition) for partition in sorted(unknown)]
+            resume = await group_resume_offsets(kafka, bootstrap_servers, app.conf.id, partitions)
+            for tp, offset in resume.items():
+                order.start(tp.partition, offset)
         admitted = order.admit(
             [(event.message.partition, event.message.offset) for event in events]
         )

@@ -1,5 +1,5 @@
-"""One partition straight from the broker, outside Faust: where its group starts it, and
-a range of its records. How an agent fills a gap Faust left (``stream.in_order``)."""
+"""Read a range of one partition straight from the broker, outside the consumer group:
+how an agent fills a gap Faust left (``stream.in_order``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tollgate.kafka import client_options
 from tollgate.settings import KafkaSettings
@@ -63,30 +62,5 @@ async def read_range(
             if not batches:
                 await asyncio.sleep(0)
         return records
-    finally:
-        await consumer.stop()
-
-
-async def start_offset(
-    kafka: KafkaSettings, bootstrap_servers: str, group_id: str, topic: str, partition: int
-) -> int:
-    """Where ``group_id`` reads ``topic``[``partition``] from when it is assigned: its
-    committed offset, else the log's start. Asked of the broker with clients of our own:
-    an agent that waits on Faust's consumer thread during a rebalance can deadlock it."""
-    tp = TopicPartition(topic, partition)
-    options = client_options(kafka, bootstrap_servers)
-    admin = AIOKafkaAdminClient(**options)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group_id, partitions=[tp])
-    finally:
-        await admin.close()
-    meta = committed.get(tp)
-    if meta is not None and meta.offset >= 0:
-        return int(meta.offset)
-    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return int((await consumer.beginning_offsets([tp]))[tp])
     finally:
         await consumer.stop()

@@ -10,7 +10,7 @@ replaced times out).
 
 ``InOrder`` holds, per partition, the next offset the agent must see. It starts at the
 offset the partition was assigned from: the group's committed offset, asked of the broker
-(``stream.gap_reader.start_offset``). A record before it was processed already and is
+(``tollgate.group_offsets``). A record before it was processed already and is
 dropped. A record past it leaves a *gap*: the agent reads the missing offsets straight
 from the broker (``stream.gap_reader.read_range``) and processes them before the record.
 (Seeking Faust's consumer back instead did not bring the records reliably.)

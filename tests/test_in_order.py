@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream.gap_reader import read_range, start_offset
+from stream.gap_reader import read_range
 from stream.in_order import InOrder
+from tollgate.group_offsets import group_resume_offsets
 from tollgate.kafka import consumer_options
 from tollgate.settings import KafkaSettings
 from tollgate.topics import Topics
@@ -83,7 +84,8 @@ async def test_a_partition_starts_at_the_groups_committed_offset_else_at_the_log
     finally:
         await producer.stop()
     group = f"{topics.prefix}start-test"
-    assert await start_offset(kafka_settings, broker, group, topics.usage, 2) == 0
+    tp = TopicPartition(topics.usage, 2)
+    assert await group_resume_offsets(kafka_settings, broker, group, [tp]) == {tp: 0}
 
     consumer = AIOKafkaConsumer(
         topics.usage, group_id=group, **consumer_options(kafka_settings, broker)
@@ -91,7 +93,7 @@ async def test_a_partition_starts_at_the_groups_committed_offset_else_at_the_log
     await consumer.start()
     try:
         await consumer.getmany(timeout_ms=3_000)
-        await consumer.commit({TopicPartition(topics.usage, 2): 3})
+        await consumer.commit({tp: 3})
     finally:
         await consumer.stop()
-    assert await start_offset(kafka_settings, broker, group, topics.usage, 2) == 3
+    assert await group_resume_offsets(kafka_settings, broker, group, [tp]) == {tp: 3}

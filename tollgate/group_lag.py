@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from tollgate.group_offsets import resume_offsets
 from tollgate.kafka import client_options
 from tollgate.settings import KafkaSettings
 
@@ -47,12 +48,7 @@ async def group_lag(
             if not partitions:
                 await asyncio.sleep(0)  # aiokafka's stop() right after start() cancels itself
                 return dict.fromkeys(topics, 0)
-            committed = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
-            starts = await consumer.beginning_offsets(partitions)
-            done = {}
-            for tp in partitions:
-                meta = committed.get(tp)
-                done[tp] = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
+            done = await resume_offsets(admin, consumer, group_id, partitions)
             consumer.assign(partitions)
             for tp in partitions:
                 consumer.seek(tp, done[tp])
