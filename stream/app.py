@@ -19,28 +19,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import Message
 
 from stream.anomaly import AnomalyConfig, AnomalyDetector
 from stream.budget_definitions import BudgetIndex, load_budgets
 from stream.budget_engine import SubjectState
 from stream.budget_stage import BudgetStage, ContributionRecord
 from stream.faust_options import faust_options
-from stream.gap_reader import Record, read_range
-from stream.in_order import InOrder
+from stream.gap_reader import Record
 from stream.meter import Meter, UsageRecord
 from stream.metrics import StreamMetrics
+from stream.ordered_input import OrderedInput
 from stream.partitioned_table import add_table
 from stream.rebuild import rebuild_states
 from stream.seen_ids import SeenIds
 from stream.spend_batch import spends_per_minute
 from stream.webhooks import WebhookSender, load_webhook_targets
 from tollgate.contract import Alert, BudgetDefinition, decode, encode
-from tollgate.group_offsets import group_resume_offsets
 from tollgate.kafka import client_options
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
@@ -51,6 +52,8 @@ BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.02
 """A batch waits at most this long to fill: the floor of the enforcement lag."""
 EXPIRE_EVERY_S = 1.0
+TAIL_CHECK_EVERY_S = 1.0
+TAIL_MAX = 10 * BATCH_MAX
 ANOMALY_GRACE_S = 90.0
 """Buckets close this long after they end, so late events still count in them."""
 
@@ -89,77 +92,56 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     app.tollgate_metrics = metrics  # type: ignore[attr-defined]
     app.tollgate_budgets = budgets  # type: ignore[attr-defined]
 
-    usage_order, contributions_order = InOrder(topics.usage), InOrder(topics.budget_contributions)
+    def ordered(topic: str) -> OrderedInput:
+        def acknowledge(records: Sequence[Record]) -> None:
+            """Records read around Faust count as done for its commits (``OrderedInput``)."""
+            for record in records:
+                app.consumer.ack(_message(topic, record))
 
-    async def in_order(order: InOrder, events: list[Any]) -> list[Record]:
-        """``events`` in their partitions' order, the gaps Faust left filled from the
-        broker (``stream.in_order``)."""
-        unknown = order.unknown({event.message.partition for event in events})
-        if unknown:
-            partitions = [TopicPartition(order.name, partition) for partition in sorted(unknown)]
-            resume = await group_resume_offsets(kafka, bootstrap_servers, app.conf.id, partitions)
-            for tp, offset in resume.items():
-                order.start(tp.partition, offset)
-        admitted = order.admit(
-            [(event.message.partition, event.message.offset) for event in events]
+        return OrderedInput(
+            topic, kafka, bootstrap_servers, app.conf.id, metrics.gaps_filled, acknowledge
         )
-        filled: list[Record] = []
-        for partition, (first, end) in admitted.gaps.items():
-            metrics.gaps_filled.inc(end - first)
-            log.warning(
-                "%s[%d]: offsets %d to %d were skipped on the way in; reading them directly",
-                order.name,
-                partition,
-                first,
-                end - 1,
+
+    usage_input, contributions_input = ordered(topics.usage), ordered(topics.budget_contributions)
+
+    async def meter_records(taken: list[Record]) -> None:
+        if not taken:
+            return
+        records = [UsageRecord(r.partition, r.offset, r.key, r.value, r.timestamp_s) for r in taken]
+        out = meter.process(records, seen_ids.first_offset)
+        produce = app.producer.send
+        sent = [
+            await produce(
+                topics.usage_dlq,
+                dead.key,
+                dead.value,
+                None,
+                None,
+                {
+                    "tollgate-error": dead.reason.encode()[:1000],
+                    "tollgate-source": _source(topics.usage, dead.partition, dead.offset),
+                },
             )
-            try:
-                filled += await read_range(
-                    kafka, bootstrap_servers, order.name, partition, first, end
-                )
-            except BaseException:
-                order.forget()  # start over from the committed offsets, gap included
-                raise
-        return filled + [_record(events[index]) for index in admitted.indexes]
+            for dead in out.dead
+        ]
+        sent += await _send_all(app, topics.priced, out.priced)
+        sent += await _send_all(app, topics.budget_contributions, out.contributions)
+        now_s = time.time()
+        for partition, entries in out.seen.items():
+            seen_ids.record(partition, entries, now_s)
+        await _delivered(sent)
+        metrics.meter_batch(len(records), out)
+        # Anomalies are watched on the tenants this worker meters: usage is keyed by
+        # tenant, so each tenant's baseline lives in one worker.
+        found: list[Alert] = []
+        for spend in spends_per_minute(out.priced_events, detector.config.bucket_s):
+            found += detector.observe(spend)  # type: ignore[arg-type]
+        await _publish_alerts(app, topics.alerts, found, metrics)
 
     @app.agent(usage_topic, concurrency=1)
     async def meter_usage(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            records = [
-                UsageRecord(r.partition, r.offset, r.key, r.value, r.timestamp_s)
-                for r in await in_order(usage_order, events)
-            ]
-            if not records:
-                continue
-            out = meter.process(records, seen_ids.first_offset)
-            produce = app.producer.send
-            sent = [
-                await produce(
-                    topics.usage_dlq,
-                    dead.key,
-                    dead.value,
-                    None,
-                    None,
-                    {
-                        "tollgate-error": dead.reason.encode()[:1000],
-                        "tollgate-source": _source(topics.usage, dead.partition, dead.offset),
-                    },
-                )
-                for dead in out.dead
-            ]
-            sent += await _send_all(app, topics.priced, out.priced)
-            sent += await _send_all(app, topics.budget_contributions, out.contributions)
-            now_s = time.time()
-            for partition, entries in out.seen.items():
-                seen_ids.record(partition, entries, now_s)
-            await _delivered(sent)
-            metrics.meter_batch(len(records), out)
-            # Anomalies are watched on the tenants this worker meters: usage is keyed by
-            # tenant, so each tenant's baseline lives in one worker.
-            found: list[Alert] = []
-            for spend in spends_per_minute(out.priced_events, detector.config.bucket_s):
-                found += detector.observe(spend)  # type: ignore[arg-type]
-            await _publish_alerts(app, topics.alerts, found, metrics)
+            await usage_input.take_batch(events, meter_records)
 
     seeded = asyncio.Event()
 
@@ -172,26 +154,43 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
         finally:
             seeded.set()
 
+    async def budget_records(taken: list[Record]) -> None:
+        if not taken:
+            return
+        records = [ContributionRecord(r.partition, r.offset, r.value) for r in taken]
+        out = stage.process(records, subjects.get, datetime.now(UTC))
+        for key, value in out.writes.items():
+            subjects[key] = value
+        produce = app.producer.send
+        sent = [await produce(topics.budget_state, k, v, None, None, None) for k, v in out.states]
+        sent += [await produce(topics.alerts, k, v, None, None, None) for k, v in out.alerts]
+        await _delivered(sent)
+        metrics.budget_batch(out)
+
     @app.agent(contributions_topic, concurrency=1)
     async def keep_budgets(stream: faust.StreamT[bytes]) -> None:
         await seeded.wait()
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            records = [
-                ContributionRecord(r.partition, r.offset, r.value)
-                for r in await in_order(contributions_order, events)
+            await contributions_input.take_batch(events, budget_records)
+
+    @app.timer(interval=TAIL_CHECK_EVERY_S)
+    async def take_quiet_tails() -> None:
+        """A skip at a partition's end leaves no later record to show it (``OrderedInput``)."""
+        if app.rebalancing or app.in_recovery or not seeded.is_set():
+            return
+        for source, process in (
+            (usage_input, meter_records),
+            (contributions_input, budget_records),
+        ):
+            assigned = [
+                tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source.topic
             ]
-            if not records:
-                continue
-            out = stage.process(records, subjects.get, datetime.now(UTC))
-            for key, value in out.writes.items():
-                subjects[key] = value
-            produce = app.producer.send
-            sent = [
-                await produce(topics.budget_state, k, v, None, None, None) for k, v in out.states
-            ]
-            sent += [await produce(topics.alerts, k, v, None, None, None) for k, v in out.alerts]
-            await _delivered(sent)
-            metrics.budget_batch(out)
+            try:
+                await source.take_quiet_tails(
+                    assigned, settings.stream.quiet_partition_s, TAIL_MAX, process
+                )
+            except Exception:  # tried again on the next tick, from the committed offsets
+                log.exception("%s: taking quiet partitions' tails failed", source.topic)
 
     @app.timer(interval=EXPIRE_EVERY_S)
     async def let_budget_windows_pass() -> None:
@@ -216,8 +215,8 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **_: Any) -> None:  # type: ignore[misc]
         seen_ids.forget_index()  # rebuilt from the recovered table on next use
-        usage_order.forget()
-        contributions_order.forget()
+        usage_input.forget()
+        contributions_input.forget()
 
     @app.timer(interval=10.0)
     async def close_spend_buckets() -> None:
@@ -245,9 +244,18 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     return app
 
 
-def _record(event: Any) -> Record:
-    message = event.message
-    return Record(message.partition, message.offset, event.key, event.value, message.timestamp)
+def _message(topic: str, record: Record) -> Message:
+    return Message(
+        topic,
+        record.partition,
+        record.offset,
+        record.timestamp_s,
+        0,
+        None,
+        record.key,
+        record.value,
+        None,
+    )
 
 
 async def _send_all(app: faust.App, topic: str, records: list[tuple[bytes, bytes]]) -> list[Any]:

@@ -1,18 +1,23 @@
-"""Read a range of one partition straight from the broker, outside the consumer group:
-how an agent fills a gap Faust left (``stream.in_order``)."""
+"""Read partitions straight from the broker, outside the consumer group: how an agent
+fills a gap Faust left, or takes a quiet partition's tail (``stream.in_order``)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from tollgate.kafka import client_options
 from tollgate.settings import KafkaSettings
 
 READ_TIMEOUT_S = 30.0
+TAIL_WAIT_MS = 500
+"""How long a tail read waits for a partition to bring anything."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +30,12 @@ class Record:
     value: bytes | None
     timestamp_s: float
 
+    @classmethod
+    def read(cls, record: ConsumerRecord[bytes, bytes]) -> Record:
+        return cls(
+            record.partition, record.offset, record.key, record.value, record.timestamp / 1000
+        )
+
 
 async def read_range(
     kafka: KafkaSettings, bootstrap_servers: str, topic: str, partition: int, first: int, end: int
@@ -32,6 +43,50 @@ async def read_range(
     """The records of ``topic``[``partition``] at offsets [first, end). An offset the log
     does not hold (removed by retention) is simply absent."""
     tp = TopicPartition(topic, partition)
+    async with _reading(kafka, bootstrap_servers, {tp: first}) as consumer:
+        records: list[Record] = []
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while await consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}[{partition}] {first}..{end - 1} timed out")
+            batches = await consumer.getmany(tp, timeout_ms=500)
+            records += [Record.read(r) for r in batches.get(tp, []) if first <= r.offset < end]
+            if not batches:
+                await asyncio.sleep(0)
+        return records
+
+
+async def read_from(
+    kafka: KafkaSettings,
+    bootstrap_servers: str,
+    topic: str,
+    starts: Mapping[int, int],
+    max_records: int,
+) -> list[Record]:
+    """What ``topic``'s partitions hold from the offsets in ``starts`` (partition → offset)
+    on, up to about ``max_records``: each partition's records in offset order. Best effort:
+    what the broker does not bring within ``TAIL_WAIT_MS`` is left for another read."""
+    if not starts:
+        return []
+    positions = {TopicPartition(topic, p): offset for p, offset in starts.items()}
+    async with _reading(kafka, bootstrap_servers, positions) as consumer:
+        found: dict[int, list[Record]] = {}
+        count = 0
+        while count < max_records:
+            batches = await consumer.getmany(timeout_ms=TAIL_WAIT_MS, max_records=max_records)
+            if not batches:
+                break
+            for tp, records in batches.items():
+                found.setdefault(tp.partition, []).extend(map(Record.read, records))
+                count += len(records)
+        return [record for partition in sorted(found) for record in found[partition]]
+
+
+@asynccontextmanager
+async def _reading(
+    kafka: KafkaSettings, bootstrap_servers: str, positions: Mapping[TopicPartition, int]
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer outside any group, assigned ``positions`` and sought to them."""
     consumer = AIOKafkaConsumer(
         **client_options(kafka, bootstrap_servers),
         group_id=None,
@@ -40,27 +95,9 @@ async def read_range(
     )
     await consumer.start()
     try:
-        consumer.assign([tp])
-        consumer.seek(tp, first)
-        records: list[Record] = []
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while await consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}[{partition}] {first}..{end - 1} timed out")
-            batches = await consumer.getmany(tp, timeout_ms=500)
-            for record in batches.get(tp, []):
-                if first <= record.offset < end:
-                    records.append(
-                        Record(
-                            partition,
-                            record.offset,
-                            record.key,
-                            record.value,
-                            record.timestamp / 1000,
-                        )
-                    )
-            if not batches:
-                await asyncio.sleep(0)
-        return records
+        consumer.assign(list(positions))
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        yield consumer
     finally:
         await consumer.stop()

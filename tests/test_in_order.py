@@ -1,13 +1,19 @@
-"""Each partition in offset order for the stream's agents: the guard, and the reader that
-fills a gap from the broker. (The e2e tests kill the worker under traffic, which is when
-Faust skips records; they pass only if the gaps are filled.)"""
+"""Each partition in offset order for the stream's agents: the guard, the reader that
+fills a gap from the broker, and the quiet partitions' tails. (The e2e tests kill the
+worker under traffic, which is when Faust skips records; they pass only if the gaps and
+the tails are taken.)"""
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from types import SimpleNamespace
 
-from stream.gap_reader import read_range
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter
+
+from stream.gap_reader import Record, read_from, read_range
 from stream.in_order import InOrder
+from stream.ordered_input import OrderedInput
 from tollgate.group_offsets import group_resume_offsets
 from tollgate.kafka import consumer_options
 from tollgate.settings import KafkaSettings
@@ -50,6 +56,124 @@ def test_a_revoked_partition_starts_again_where_its_next_assignment_says() -> No
     assert order.unknown([0, 1]) == {0, 1}
     order.start(0, 1)  # committed 1: the new owner reads 1 and 2 again
     assert order.admit([(0, 1), (0, 2), (0, 3)]).indexes == [0, 1, 2]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_partition_is_quiet_after_a_while_without_records_and_then_checked_again_later() -> None:
+    clock = Clock()
+    order = InOrder("usage", clock)
+    order.start(0, 5)
+    assert order.quiet([0, 1], 3.0) == []  # 1 is new here: its quiet time starts now
+    clock.now += 2
+    order.admit([(0, 5)])
+    clock.now += 1.5
+    assert order.quiet([0, 1], 3.0) == [1]  # 0 had a record 1.5 s ago
+    clock.now += 1.5
+    assert order.quiet([0, 1], 3.0) == [0]  # 1 was just checked: its time starts over
+    assert order.quiet([0, 1], 3.0) == []
+    order.forget()
+    assert order.quiet([0], 0.0) == [0]
+
+
+async def _produce(broker: str, topic: str, partition: int, count: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=broker)
+    await producer.start()
+    try:
+        for n in range(count):
+            await producer.send(topic, f"{n}".encode(), partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def test_the_tail_reader_returns_what_each_partition_holds_from_an_offset_on(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics
+) -> None:
+    await _produce(broker, topics.usage, 0, 12)
+    await _produce(broker, topics.usage, 2, 4)
+
+    records = await read_from(kafka_settings, broker, topics.usage, {0: 9, 2: 1, 1: 0}, 100)
+
+    tail_0, tail_2 = [(0, 9), (0, 10), (0, 11)], [(2, 1), (2, 2), (2, 3)]
+    assert [(r.partition, r.offset) for r in records] == tail_0 + tail_2
+    assert [r.value for r in records[:3]] == [b"9", b"10", b"11"]
+    assert await read_from(kafka_settings, broker, topics.usage, {0: 12}, 100) == []
+
+
+def _event(partition: int, offset: int) -> SimpleNamespace:
+    """What an agent gets from Faust, as far as ``OrderedInput`` looks."""
+    message = SimpleNamespace(partition=partition, offset=offset, timestamp=1.7e9)
+    return SimpleNamespace(message=message, key=None, value=f"{offset}".encode())
+
+
+async def test_records_faust_left_at_a_quiet_partitions_end_are_read_processed_and_acked(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics
+) -> None:
+    """Faust delivered offsets 0 to 4, then skipped the rest, and no later record came."""
+    await _produce(broker, topics.usage, 1, 20)
+    processed: list[int] = []
+    acked: list[int] = []
+
+    async def process(records: list[Record]) -> None:
+        processed.extend(record.offset for record in records)
+
+    read_directly = Counter("read_directly", "", registry=CollectorRegistry())
+    source = OrderedInput(
+        topics.usage,
+        kafka_settings,
+        broker,
+        f"{topics.prefix}quiet-test",  # never committed: starts at the log's start
+        read_directly,
+        lambda records: acked.extend(record.offset for record in records),
+    )
+    await source.take_batch([_event(1, n) for n in range(5)], process)
+    assert processed == [0, 1, 2, 3, 4]
+    assert acked == []  # Faust acks what it delivered
+
+    await source.take_quiet_tails([1], 0.0, 100, process)
+
+    assert processed == list(range(20))
+    assert acked == list(range(5, 20))
+    assert read_directly._value.get() == 15
+    # Faust's copies, should they come after all, are not processed again.
+    await source.take_batch([_event(1, 7), _event(1, 8)], process)
+    await source.take_quiet_tails([1], 0.0, 100, process)
+    assert processed == list(range(20))
+
+
+async def test_after_a_failed_batch_the_partition_starts_over_from_the_committed_offset(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics
+) -> None:
+    await _produce(broker, topics.usage, 2, 6)
+    processed: list[int] = []
+
+    async def fail(records: list[Record]) -> None:
+        raise RuntimeError("the broker refused the output")
+
+    async def process(records: list[Record]) -> None:
+        processed.extend(record.offset for record in records)
+
+    registry = CollectorRegistry()
+    source = OrderedInput(
+        topics.usage,
+        kafka_settings,
+        broker,
+        f"{topics.prefix}failing-test",
+        Counter("read_directly", "", registry=registry),
+        lambda records: None,
+    )
+    with pytest.raises(RuntimeError):
+        await source.take_batch([_event(2, n) for n in range(3)], fail)
+    # Faust goes on with offset 3: 0 to 2 were never processed and are read again first.
+    await source.take_batch([_event(2, 3)], process)
+    assert processed == [0, 1, 2, 3]
 
 
 async def test_the_gap_reader_returns_exactly_the_range_from_the_broker(

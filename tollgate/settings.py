@@ -126,6 +126,9 @@ class StreamSettings(Section):
     """Spend above expectation, in one bucket, needed to raise an anomaly alert."""
     anomaly_cooldown_s: Annotated[float, Field(ge=0)] = 1800
     """After an alert, the same subject and kind stay quiet this long: one incident, one alert."""
+    quiet_partition_s: Annotated[float, Field(gt=0)] = 3.0
+    """A partition whose agent got nothing for this long is read from the broker directly,
+    in case Faust skipped what it holds (it can around a rebalance)."""
     web_port: Port = 6066
 
 
