@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from gateway.auth import Authenticator
@@ -25,6 +24,7 @@ from gateway.routes import RoutesConfig
 from gateway.routing import Router
 from gateway.spend import SpendEstimator
 from gateway.spool import Spool
+from gateway.upstream_client import UpstreamClient
 from tollgate.contract import Operation
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
@@ -74,7 +74,7 @@ def create_app(parts: GatewayParts) -> web.Application:
         budgets=book,
         emitter=emitter,
         metrics=metrics,
-        session=None,  # type: ignore[arg-type]  # opened at start-up, inside the loop
+        upstream=UpstreamClient(),
         spend=SpendEstimator(load_catalog(settings.stream.price_catalog)),
     )
     app[PROXY] = proxy
@@ -94,17 +94,12 @@ def create_app(parts: GatewayParts) -> web.Application:
 
 async def _lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
     proxy, feed = app[PROXY], app[FEED]
-    proxy.session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies between callers
-    )
     await proxy.emitter.start()
     await feed.start()
     yield
     await feed.stop()
     await proxy.emitter.stop()
-    await proxy.session.close()
+    await proxy.upstream.close()
 
 
 def _call_handler(proxy: Proxy, operation: Operation, dialect: Dialect):  # type: ignore[no-untyped-def]

@@ -64,6 +64,9 @@ class GatewayMetrics:
         """Expose a value another component keeps (the emitter's counters, say)."""
         Gauge(name, doc, registry=self.registry).set_function(read)
 
+    def observe_upstream(self, backend: str, elapsed_s: float) -> None:
+        self._child(self.upstream_latency, backend).observe(elapsed_s)
+
     def observe_call(self, event: UsageEvent) -> None:
         operation = event.operation.value
         self._child(self.requests, operation, event.status.value).inc()

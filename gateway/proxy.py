@@ -51,6 +51,12 @@ from gateway.routing import Router
 from gateway.spend import SpendEstimator
 from gateway.sse import SSEFramer, parse_event
 from gateway.upstream import client_headers, upstream_headers, upstream_url
+from gateway.upstream_client import (
+    UpstreamBrokeOff,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+)
 from gateway.usage_reading import (
     StreamUsage,
     estimate_tokens,
@@ -81,11 +87,10 @@ class Proxy:
     budgets: BudgetBook
     emitter: UsageEmitter
     metrics: GatewayMetrics
-    session: aiohttp.ClientSession
+    upstream: UpstreamClient
     spend: SpendEstimator | None = None
     _exact_routes: dict[str, list[BackendConfig]] = field(init=False)
     _urls: dict[tuple[str, str, str], URL] = field(init=False, default_factory=dict)
-    _timeouts: dict[tuple[str, bool], aiohttp.ClientTimeout] = field(init=False)
 
     def __post_init__(self) -> None:
         # Models named exactly resolve with one dict lookup; patterns are matched per call.
@@ -93,11 +98,6 @@ class Proxy:
             model: backends
             for model in self.routes.models
             if (backends := self.routes.backends_for(model)) is not None
-        }
-        self._timeouts = {
-            (backend.name, streamed): _timeout(backend, streamed)
-            for backend in self.routes.backends
-            for streamed in (False, True)
         }
 
     async def handle(
@@ -278,18 +278,19 @@ class Proxy:
             call.backend, call.provider = backend.name, backend.provider_name
             injected_usage = with_usage[1] is not raw and backend.stream_usage
             body = with_usage[1] if injected_usage else raw
-            timeout = self._timeouts[backend.name, call.streamed]
             started = time.monotonic()
             try:
-                upstream = await self.session.post(
+                upstream = await self.upstream.post(
                     self._upstream_url(backend, request.path, call.request_model or ""),
-                    data=body,
-                    headers=upstream_headers(
+                    body,
+                    upstream_headers(
                         backend, request.headers, self.secrets.get(backend.name)
-                    ),
-                    timeout=timeout,
+                    ).items(),
+                    connect_timeout_s=backend.connect_timeout_s,
+                    timeout_s=backend.timeout_s,
+                    streamed=call.streamed,
                 )
-            except (TimeoutError, aiohttp.ClientError) as error:
+            except (TimeoutError, UpstreamError) as error:
                 self._backend_failed(backend.name, type(error).__name__)
                 failure = _upstream_error(error, backend.name)
                 continue
@@ -320,7 +321,7 @@ class Proxy:
                 return await self._relay_body(call, upstream, payload, limits)
             finally:
                 elapsed_s = time.monotonic() - started
-                self.metrics.upstream_latency.labels(backend.name).observe(elapsed_s)
+                self.metrics.observe_upstream(backend.name, elapsed_s)
                 upstream.release()
 
         if refused is not None:
@@ -337,7 +338,7 @@ class Proxy:
     async def _relay_body(
         self,
         call: Call,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         payload: dict[str, Any],
         limits: LimitHeaders,
     ) -> web.Response:
@@ -345,7 +346,7 @@ class Proxy:
             body = await upstream.read()
         except TimeoutError:
             raise UpstreamTimeout(f"backend {call.backend} did not answer in time") from None
-        except aiohttp.ClientError as error:
+        except UpstreamError as error:
             raise UpstreamFailed(f"backend {call.backend} failed mid-answer: {error}") from None
         call.http_status = upstream.status
         if upstream.status < 300:
@@ -361,7 +362,7 @@ class Proxy:
         self,
         request: web.Request,
         call: Call,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         payload: dict[str, Any],
         injected_usage: bool,
         limits: LimitHeaders,
@@ -374,7 +375,7 @@ class Proxy:
         call.http_status = upstream.status
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 out = []
                 for event in framer.feed(chunk):
                     _, data = parse_event(event)
@@ -394,7 +395,7 @@ class Proxy:
         except asyncio.CancelledError:
             call.status = Status.CLIENT_CLOSED
             raise
-        except (TimeoutError, aiohttp.ClientError) as error:
+        except (TimeoutError, UpstreamError) as error:
             # Bytes have reached the client, so no failover: end the stream with an error
             # event the client's SDK raises on.
             failure = _upstream_error(error, call.backend or "")
@@ -459,18 +460,10 @@ def _output_cap(payload: dict[str, Any]) -> int:
     return 0
 
 
-def _timeout(backend: BackendConfig, streamed: bool) -> aiohttp.ClientTimeout:
-    """A whole answer must come within the backend's timeout; a stream may take longer,
-    as long as no gap between its events does."""
-    if streamed:
-        return aiohttp.ClientTimeout(connect=backend.connect_timeout_s, sock_read=backend.timeout_s)
-    return aiohttp.ClientTimeout(total=backend.timeout_s, connect=backend.connect_timeout_s)
-
-
 def _upstream_error(error: BaseException, backend: str) -> GatewayError:
-    if isinstance(error, TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(error, TimeoutError):
         return UpstreamTimeout(f"backend {backend} did not answer in time")
-    if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+    if isinstance(error, UpstreamBrokeOff):
         return UpstreamFailed(f"backend {backend} broke off its answer")
     return UpstreamFailed(f"backend {backend} is unreachable")
 
@@ -482,10 +475,10 @@ async def _end_stream_quietly(response: web.StreamResponse, last: bytes) -> None
         await response.write_eof()
 
 
-async def _read_quietly(upstream: aiohttp.ClientResponse) -> bytes:
+async def _read_quietly(upstream: UpstreamResponse) -> bytes:
     try:
         return await upstream.read()
-    except (TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, UpstreamError):
         return b""
 
 
