@@ -35,7 +35,7 @@ from stream.faust_options import faust_options
 from stream.gap_reader import Record
 from stream.meter import Meter, UsageRecord
 from stream.metrics import StreamMetrics
-from stream.ordered_input import OrderedInput
+from stream.ordered_input import OrderedInput, Process
 from stream.partitioned_table import add_table
 from stream.rebuild import rebuild_states
 from stream.seen_ids import SeenIds
@@ -178,19 +178,20 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
         """A skip at a partition's end leaves no later record to show it (``OrderedInput``)."""
         if app.rebalancing or app.in_recovery or not seeded.is_set():
             return
-        for source, process in (
-            (usage_input, meter_records),
-            (contributions_input, budget_records),
-        ):
-            assigned = [
-                tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source.topic
-            ]
+        actives = app.assignor.assigned_actives()
+
+        async def take(source: OrderedInput, process: Process) -> None:
+            assigned = [tp.partition for tp in actives if tp.topic == source.topic]
             try:
                 await source.take_quiet_tails(
                     assigned, settings.stream.quiet_partition_s, TAIL_MAX, process
                 )
-            except Exception:  # tried again on the next tick, from the committed offsets
+            except Exception:  # tried again later, from the committed offsets
                 log.exception("%s: taking quiet partitions' tails failed", source.topic)
+
+        await asyncio.gather(
+            take(usage_input, meter_records), take(contributions_input, budget_records)
+        )
 
     @app.timer(interval=EXPIRE_EVERY_S)
     async def let_budget_windows_pass() -> None:

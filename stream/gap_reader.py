@@ -16,7 +16,7 @@ from tollgate.kafka import client_options
 from tollgate.settings import KafkaSettings
 
 READ_TIMEOUT_S = 30.0
-TAIL_WAIT_MS = 500
+TAIL_WAIT_MS = 300
 """How long a tail read waits for a partition to bring anything."""
 
 
@@ -64,22 +64,38 @@ async def read_from(
     max_records: int,
 ) -> list[Record]:
     """What ``topic``'s partitions hold from the offsets in ``starts`` (partition → offset)
-    on, up to about ``max_records``: each partition's records in offset order. Best effort:
-    what the broker does not bring within ``TAIL_WAIT_MS`` is left for another read."""
+    up to their ends as the broker first reports them, at most about ``max_records``: each
+    partition's records in offset order. Best effort and bounded in time: what the broker
+    does not bring within ``TAIL_WAIT_MS`` is left for another read, and a partition that
+    keeps growing is not followed."""
     if not starts:
         return []
     positions = {TopicPartition(topic, p): offset for p, offset in starts.items()}
+    found: dict[int, list[Record]] = {partition: [] for partition in sorted(starts)}
     async with _reading(kafka, bootstrap_servers, positions) as consumer:
-        found: dict[int, list[Record]] = {}
+        ends: dict[TopicPartition, int] = {}
         count = 0
-        while count < max_records:
-            batches = await consumer.getmany(timeout_ms=TAIL_WAIT_MS, max_records=max_records)
-            if not batches:
+        deadline = time.monotonic() + TAIL_WAIT_MS / 1000
+        while count < max_records and (waiting := set(positions) - consumer.paused()):
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
                 break
-            for tp, records in batches.items():
-                found.setdefault(tp.partition, []).extend(map(Record.read, records))
-                count += len(records)
-        return [record for partition in sorted(found) for record in found[partition]]
+            batches = await consumer.getmany(
+                *waiting, timeout_ms=left_ms, max_records=max_records - count
+            )
+            for tp in waiting:
+                if tp not in ends and (highwater := consumer.highwater(tp)) is not None:
+                    ends[tp] = highwater  # where the partition ended when first asked
+                end = ends.get(tp)
+                tail = found[tp.partition]
+                tail += [
+                    Record.read(r) for r in batches.get(tp, ()) if end is None or r.offset < end
+                ]
+                count += len(batches.get(tp, ()))
+                read_to = tail[-1].offset + 1 if tail else positions[tp]
+                if end is not None and read_to >= end:
+                    consumer.pause(tp)
+    return [record for partition in found.values() for record in partition]
 
 
 @asynccontextmanager

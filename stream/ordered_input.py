@@ -46,6 +46,9 @@ class OrderedInput:
         self.topic = topic
         self._lock = asyncio.Lock()
         self._order = InOrder(topic)
+        self._forgotten = 0
+        """How many times the partitions were revoked: a tail read across a revocation
+        may belong to another worker by now, and is dropped."""
         self._kafka = kafka
         self._bootstrap_servers = bootstrap_servers
         self._group_id = group_id
@@ -55,6 +58,7 @@ class OrderedInput:
     def forget(self) -> None:
         """The partitions were revoked: each starts again from its committed offset."""
         self._order.forget()
+        self._forgotten += 1
 
     async def take_batch(self, events: Sequence[Any], process: Process) -> None:
         """Process Faust's ``events`` in their partitions' order, the gaps it left filled."""
@@ -68,10 +72,30 @@ class OrderedInput:
         self, assigned: Iterable[int], quiet_s: float, max_records: int, process: Process
     ) -> None:
         """Process what ``assigned`` partitions that had nothing for ``quiet_s`` hold
-        beyond what was processed: what Faust should have brought."""
+        beyond what was processed: what Faust should have brought.
+
+        The read happens outside the lock, so the agent's batches never wait on it; what
+        the agent processed meanwhile is dropped by ``admit``.
+        """
+        quiet = self._order.quiet(assigned, quiet_s)
+        if not quiet:
+            return
+        forgotten = self._forgotten
         async with self._lock:
+            await self._start(quiet)
+            starts = {partition: self._order.next_offset(partition) for partition in quiet}
+        records = await read_from(
+            self._kafka, self._bootstrap_servers, self.topic, starts, max_records
+        )
+        if not records:
+            return
+        async with self._lock:
+            if self._forgotten != forgotten:
+                return  # revoked meanwhile: these may be another worker's now
             with self._starting_over_on_failure():
-                taken = await self._quiet_tails(assigned, quiet_s, max_records)
+                admitted = self._order.admit([(r.partition, r.offset) for r in records])
+                taken = [records[index] for index in admitted.indexes]
+                self._log_taken(taken, quiet_s)
                 await process(taken)
                 self._acknowledge(taken)
 
@@ -107,19 +131,7 @@ class OrderedInput:
             )
         return filled, [_record(events[index]) for index in admitted.indexes]
 
-    async def _quiet_tails(
-        self, assigned: Iterable[int], quiet_s: float, max_records: int
-    ) -> list[Record]:
-        quiet = self._order.quiet(assigned, quiet_s)
-        if not quiet:
-            return []
-        await self._start(quiet)
-        starts = {partition: self._order.next_offset(partition) for partition in quiet}
-        records = await read_from(
-            self._kafka, self._bootstrap_servers, self.topic, starts, max_records
-        )
-        admitted = self._order.admit([(record.partition, record.offset) for record in records])
-        taken = [records[index] for index in admitted.indexes]
+    def _log_taken(self, taken: list[Record], quiet_s: float) -> None:
         for partition in sorted({record.partition for record in taken}):
             offsets = [record.offset for record in taken if record.partition == partition]
             log.warning(
@@ -131,7 +143,6 @@ class OrderedInput:
                 quiet_s,
             )
         self._read_directly.inc(len(taken))
-        return taken
 
     async def _start(self, partitions: Iterable[int]) -> None:
         """Start the partitions new since the last ``forget`` at the group's offsets."""
