@@ -95,11 +95,11 @@ async def produce(kafka: KafkaSettings, broker: str, topic: str, events: list[Us
         await producer.stop()
 
 
-def state_reader(kafka: KafkaSettings, broker: str, topic: str) -> AIOKafkaConsumer:
+def state_reader(kafka: KafkaSettings, broker: str, *topics: str) -> AIOKafkaConsumer:
     """Read budget states as the gateway's feed does: no group, short fetch waits."""
     options = consumer_options(kafka, broker)
     options.update(group_id=None, fetch_max_wait_ms=100)
-    return AIOKafkaConsumer(topic, **options)
+    return AIOKafkaConsumer(*topics, **options)
 
 
 async def baseline_read(kafka: KafkaSettings, broker: str, topic: str, count: int) -> float:
@@ -125,22 +125,25 @@ TENANTS = [f"tenant-{i}" for i in range(20)]
 
 
 async def throughput(kafka, broker, topics, worker_pid: int, events) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Events/s and CPU per event of the worker, from its first budget state to its last."""
+    """Events/s and CPU per event of the worker, from its first output (a priced event or
+    a budget state) to the budget state that counts the last event."""
     count = len(events)
     expected = {t: sum(e.total_tokens for e in events if e.tenant == t) for t in TENANTS}
     tenants = TENANTS
-    reader = state_reader(kafka, broker, topics.budget_state)
+    reader = state_reader(kafka, broker, topics.budget_state, topics.priced)
     await reader.start()
     try:
         latest: dict[str, int] = {}
         first_at = cpu_before = None
         while any(latest.get(f"tenant={t}") != expected[t] for t in tenants):
-            for records in (await reader.getmany(timeout_ms=500)).values():
+            for tp, records in (await reader.getmany(timeout_ms=500)).items():
+                if records and first_at is None:
+                    first_at, cpu_before = time.perf_counter(), cpu_seconds(worker_pid)
+                if tp.topic != topics.budget_state:
+                    continue
                 for record in records:
                     state = decode(record.value, BudgetState)
                     if state.budget_id == "tenant-hour":
-                        if first_at is None:
-                            first_at, cpu_before = time.perf_counter(), cpu_seconds(worker_pid)
                         latest[state.subject] = state.spent_tokens
         assert first_at is not None
         assert cpu_before is not None
