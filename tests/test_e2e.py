@@ -38,6 +38,10 @@ ACME_KEY = "tg-e2e-acme-0123456789"
 GLOBEX_KEY = "tg-e2e-globex-0123456789"
 ADMIN_KEY = "tg-e2e-admin-0123456789"
 ACME_TOKEN_LIMIT = 3000
+PROMPT = "hello " * 40
+"""Every chat call's prompt: the gateway reserves a call's estimate against the budget, so
+a budget refuses a call as soon as what is left is below it. A call smaller than the one
+refused may still fit, rightly; the same call may not."""
 _READY = re.compile(r"✓ (?P<name>[\w-]+) ready in [\d.]+ s \(pid (?P<pid>\d+)\)")
 _RESTARTED = re.compile(r"(?P<name>[\w-]+) restarted \(pid (?P<pid>\d+)\)")
 _BROKER = re.compile(r"broker ready at (?P<address>\S+)")
@@ -217,7 +221,7 @@ def _chat(pipeline: Pipeline, key: str, url: str | None = None) -> tuple[int, in
     client = _openai(url or pipeline.gateway_url, key)
     try:
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello " * 40}]
+            model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
         )
     except openai.APIStatusError as error:
         pipeline.sent_ids.add(error.response.headers["x-tollgate-request-id"])
@@ -289,10 +293,11 @@ def test_a_budget_in_config_is_enforced_by_two_gateway_instances(pipeline: Pipel
             spent += tokens
         # The stream's state reaches the second gateway, which never saw these calls.
         _wait(lambda: _chat(pipeline, ACME_KEY, second_url)[0] == 429, 30, "a 429 from gw 2")
+        # The same call again: refused, the budget named.
         client = _openai(second_url, ACME_KEY)
         with pytest.raises(openai.RateLimitError) as refused:
             client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "one more"}]
+                model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
             )
         pipeline.sent_ids.add(refused.value.response.headers["x-tollgate-request-id"])
         assert "acme-tokens" in str(refused.value)
