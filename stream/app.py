@@ -242,6 +242,12 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             await webhooks.drain(5.0)
             await webhooks.close()
 
+    @app.service
+    class DirectReaders(faust.Service):  # type: ignore[misc]
+        async def on_stop(self) -> None:
+            await usage_input.close()
+            await contributions_input.close()
+
     return app
 
 

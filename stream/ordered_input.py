@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from prometheus_client import Counter
 
-from stream.gap_reader import Record, read_from, read_range
+from stream.gap_reader import DirectReader, Record
 from stream.in_order import InOrder
 from tollgate.group_offsets import group_resume_offsets
 from tollgate.settings import KafkaSettings
@@ -51,9 +51,13 @@ class OrderedInput:
         may belong to another worker by now, and is dropped."""
         self._kafka = kafka
         self._bootstrap_servers = bootstrap_servers
+        self._reader = DirectReader(kafka, bootstrap_servers, topic)
         self._group_id = group_id
         self._read_directly = read_directly
         self._acknowledge = acknowledge
+
+    async def close(self) -> None:
+        await self._reader.close()
 
     def forget(self) -> None:
         """The partitions were revoked: each starts again from its committed offset."""
@@ -84,9 +88,7 @@ class OrderedInput:
         async with self._lock:
             await self._start(quiet)
             starts = {partition: self._order.next_offset(partition) for partition in quiet}
-        records = await read_from(
-            self._kafka, self._bootstrap_servers, self.topic, starts, max_records
-        )
+        records = await self._reader.read_from(starts, max_records)
         if not records:
             return
         async with self._lock:
@@ -126,9 +128,7 @@ class OrderedInput:
                 first,
                 end - 1,
             )
-            filled += await read_range(
-                self._kafka, self._bootstrap_servers, self.topic, partition, first, end
-            )
+            filled += await self._reader.read_range(partition, first, end)
         return filled, [_record(events[index]) for index in admitted.indexes]
 
     def _log_taken(self, taken: list[Record], quiet_s: float) -> None:

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
-from stream.gap_reader import Record, read_from, read_range
+from stream.gap_reader import DirectReader, Record
 from stream.in_order import InOrder
 from stream.ordered_input import OrderedInput
 from tollgate.group_offsets import group_resume_offsets
@@ -99,12 +99,16 @@ async def test_the_tail_reader_returns_what_each_partition_holds_from_an_offset_
     await _produce(broker, topics.usage, 0, 12)
     await _produce(broker, topics.usage, 2, 4)
 
-    records = await read_from(kafka_settings, broker, topics.usage, {0: 9, 2: 1, 1: 0}, 100)
+    reader = DirectReader(kafka_settings, broker, topics.usage)
+    records = await reader.read_from({0: 9, 2: 1, 1: 0}, 100)
 
     tail_0, tail_2 = [(0, 9), (0, 10), (0, 11)], [(2, 1), (2, 2), (2, 3)]
     assert [(r.partition, r.offset) for r in records] == tail_0 + tail_2
     assert [r.value for r in records[:3]] == [b"9", b"10", b"11"]
-    assert await read_from(kafka_settings, broker, topics.usage, {0: 12}, 100) == []
+    assert await reader.read_from({0: 12}, 100) == []
+    # The same consumer serves the next read, wherever it starts.
+    assert [r.offset for r in await reader.read_from({0: 3}, 100)] == list(range(3, 12))
+    await reader.close()
 
 
 def _event(partition: int, offset: int) -> SimpleNamespace:
@@ -146,6 +150,7 @@ async def test_records_faust_left_at_a_quiet_partitions_end_are_read_processed_a
     await source.take_batch([_event(1, 7), _event(1, 8)], process)
     await source.take_quiet_tails([1], 0.0, 100, process)
     assert processed == list(range(20))
+    await source.close()
 
 
 async def test_after_a_failed_batch_the_partition_starts_over_from_the_committed_offset(
@@ -174,6 +179,7 @@ async def test_after_a_failed_batch_the_partition_starts_over_from_the_committed
     # Faust goes on with offset 3: 0 to 2 were never processed and are read again first.
     await source.take_batch([_event(2, 3)], process)
     assert processed == [0, 1, 2, 3]
+    await source.close()
 
 
 async def test_the_gap_reader_returns_exactly_the_range_from_the_broker(
@@ -189,7 +195,9 @@ async def test_the_gap_reader_returns_exactly_the_range_from_the_broker(
     finally:
         await producer.stop()
 
-    records = await read_range(kafka_settings, broker, topics.usage, 1, 7, 24)
+    reader = DirectReader(kafka_settings, broker, topics.usage)
+    records = await reader.read_range(1, 7, 24)
+    await reader.close()
 
     assert [r.offset for r in records] == list(range(7, 24))
     assert [r.value for r in records] == [f"{n}".encode() for n in range(7, 24)]
