@@ -124,7 +124,7 @@ async def baseline_read(kafka: KafkaSettings, broker: str, topic: str, count: in
 TENANTS = [f"tenant-{i}" for i in range(20)]
 
 
-async def throughput(kafka, broker, topics, worker_pid: int, events) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+async def throughput(kafka, broker, topics, worker, events) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Events/s and CPU per event of the worker, from its first output (a priced event or
     a budget state) to the budget state that counts the last event."""
     count = len(events)
@@ -136,9 +136,11 @@ async def throughput(kafka, broker, topics, worker_pid: int, events) -> tuple[fl
         latest: dict[str, int] = {}
         first_at = cpu_before = None
         while any(latest.get(f"tenant={t}") != expected[t] for t in tenants):
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited ({worker.returncode}); see its log")
             for tp, records in (await reader.getmany(timeout_ms=500)).items():
                 if records and first_at is None:
-                    first_at, cpu_before = time.perf_counter(), cpu_seconds(worker_pid)
+                    first_at, cpu_before = time.perf_counter(), cpu_seconds(worker.pid)
                 if tp.topic != topics.budget_state:
                     continue
                 for record in records:
@@ -148,7 +150,7 @@ async def throughput(kafka, broker, topics, worker_pid: int, events) -> tuple[fl
         assert first_at is not None
         assert cpu_before is not None
         elapsed = time.perf_counter() - first_at
-        cpu = cpu_seconds(worker_pid) - cpu_before
+        cpu = cpu_seconds(worker.pid) - cpu_before
     finally:
         await reader.stop()
     return count / elapsed, cpu / count * 1e6
@@ -267,7 +269,7 @@ async def bench(count: int, workdir: Path) -> None:
         await produce(kafka, broker.bootstrap_servers, topics.usage, events)
         worker = start_process([str(BIN / "tollgate"), "worker"], env, workdir / "worker.log")
         processes.append(worker)
-        rate, cpu_us = await throughput(kafka, broker.bootstrap_servers, topics, worker.pid, events)
+        rate, cpu_us = await throughput(kafka, broker.bootstrap_servers, topics, worker, events)
         print(f"throughput, {count:,} events, 3 budgets each (1 worker, 4 partitions):")
         print(f"  bare consumer (read + decode): {base_rate:>9,.0f} events/s")
         print(
