@@ -285,6 +285,7 @@ class _Connection(asyncio.Protocol):
         self._lost = False
         self._paused = False
         self._length_known = False
+        self._interim = False
 
     @property
     def usable(self) -> bool:
@@ -358,8 +359,14 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self.response is not None
+        status = self._parser.get_status_code()
+        if status < 200:  # an interim answer (103 Early Hints): the real one follows
+            self._interim = True
+            self.response.raw_headers.clear()
+            self._length_known = False
+            return
         self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
-        self.response._on_head(self._parser.get_status_code())
+        self.response._on_head(status)
 
     def on_body(self, body: bytes) -> None:
         assert self.response is not None
@@ -367,6 +374,9 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self.response is not None
+        if self._interim:
+            self._interim = False
+            return
         self.response._on_complete()
 
 

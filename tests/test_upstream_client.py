@@ -130,6 +130,26 @@ async def test_chunked_and_until_close_bodies_are_read_whole() -> None:
     await client.close()
 
 
+async def test_an_interim_answer_is_passed_over_for_the_real_one() -> None:
+    async def early_hints(_: bytes, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n")
+        await writer.drain()
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Real: yes\r\nContent-Length: 2\r\n\r\n{}")
+        return True
+
+    client = UpstreamClient()
+    async with backend(early_hints) as (url, _):
+        for _ in range(2):  # and the connection is sound for the next call
+            response = await client.post(
+                url, b"{}", [], connect_timeout_s=1, timeout_s=2, streamed=False
+            )
+            assert response.status == 200
+            assert "link" not in response.headers
+            assert response.headers["x-real"] == "yes"
+            assert await response.read() == b"{}"
+    await client.close()
+
+
 async def test_a_connection_the_backend_closed_while_idle_is_replaced_without_an_error() -> None:
     writers: list[asyncio.StreamWriter] = []
 
