@@ -309,7 +309,7 @@ class Proxy:
             if upstream.status in _RETRYABLE:
                 self._backend_failed(backend.name, f"HTTP {upstream.status}")
                 body = await _read_quietly(upstream)
-                refused = (upstream.status, body, upstream.headers)
+                refused = (upstream.status, body, upstream.header_pairs)
                 upstream.release()
                 continue
             self.router.record_success(backend.name)
@@ -354,7 +354,7 @@ class Proxy:
             call.usage = usage or estimated_usage(payload, response_chars(body))
         else:
             call.status = Status.UPSTREAM_ERROR
-        headers = client_headers(upstream.headers)
+        headers = client_headers(upstream.header_pairs)
         headers.update(limits.render(call))
         return web.Response(status=upstream.status, body=body, headers=headers)
 
@@ -367,7 +367,7 @@ class Proxy:
         injected_usage: bool,
         limits: LimitHeaders,
     ) -> web.StreamResponse:
-        headers = client_headers(upstream.headers)
+        headers = client_headers(upstream.header_pairs)
         headers.update(limits.render(call))
         response = _StreamResponse(status=upstream.status, headers=headers)
         reader = StreamUsage(call.operation)

@@ -6,7 +6,7 @@ client: both directions drop every auth header, and the backend's own key is add
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 
 from multidict import CIMultiDict
@@ -89,11 +89,11 @@ def upstream_headers(
     return headers
 
 
-def client_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
-    """The upstream's response headers that may be passed on to the client."""
+def client_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream's response headers (name, value) that may be passed on to the client."""
     return CIMultiDict(
         (name, value)
-        for name, value in upstream.items()
+        for name, value in upstream
         if name.lower() not in _NOT_FORWARDED_DOWN
         and not name.lower().startswith(_PROVIDER_LIMIT_PREFIXES)
     )

@@ -171,16 +171,19 @@ class UpstreamResponse:
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
-        self._headers: CIMultiDict[str] | None = None
+
+    @property
+    def header_pairs(self) -> list[tuple[str, str]]:
+        """The answer's headers as (name, value), in order, text as it came."""
+        return [
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in self.raw_headers
+        ]
 
     @property
     def headers(self) -> CIMultiDict[str]:
-        if self._headers is None:
-            self._headers = CIMultiDict(
-                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-                for name, value in self.raw_headers
-            )
-        return self._headers
+        """The answer's headers, to look up by name."""
+        return CIMultiDict(self.header_pairs)
 
     async def read(self) -> bytes:
         """The whole body."""

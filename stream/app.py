@@ -31,8 +31,8 @@ from stream.anomaly import AnomalyConfig, AnomalyDetector
 from stream.budget_definitions import BudgetIndex, load_budgets
 from stream.budget_engine import SubjectState
 from stream.budget_stage import BudgetStage, ContributionRecord
+from stream.direct_reader import Record
 from stream.faust_options import faust_options
-from stream.gap_reader import Record
 from stream.meter import Meter, UsageRecord
 from stream.metrics import StreamMetrics
 from stream.ordered_input import OrderedInput, Process

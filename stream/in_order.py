@@ -12,7 +12,7 @@ replaced times out).
 offset the partition was assigned from: the group's committed offset, asked of the broker
 (``tollgate.group_offsets``). A record before it was processed already and is
 dropped. A record past it leaves a *gap*: the agent reads the missing offsets straight
-from the broker (``stream.gap_reader.read_range``) and processes them before the record.
+from the broker (``stream.direct_reader``) and processes them before the record.
 (Seeking Faust's consumer back instead did not bring the records reliably.)
 
 A skip at the end of what a partition holds leaves no later record to show it: when the

@@ -3,8 +3,9 @@
 Faust's batches pass through ``InOrder``: records processed already are dropped, and a gap
 Faust left is read from the broker and put before the records after it. A partition that
 has been quiet for a while is read from its next offset on, so that a skip at its end is
-found too (``stream.in_order`` says why both happen). Batches and tails are handled under
-one lock, so the agent and the timer that takes tails never interleave.
+found too (``stream.in_order`` says why both happen). Batches and tails are processed
+under one lock, so the agent and the timer that takes tails never interleave; a tail is
+read before taking the lock, so the agent never waits on that read.
 
 Records read directly are acknowledged to Faust once processed (``acknowledge``): Faust
 commits a partition only up to its first offset not acknowledged, so a skipped record it
@@ -22,7 +23,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from prometheus_client import Counter
 
-from stream.gap_reader import DirectReader, Record
+from stream.direct_reader import DirectReader, Record
 from stream.in_order import InOrder
 from tollgate.group_offsets import group_resume_offsets
 from tollgate.settings import KafkaSettings

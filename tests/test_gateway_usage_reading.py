@@ -146,7 +146,7 @@ def test_anthropic_and_azure_backends_get_their_own_auth_headers() -> None:
 
 
 def test_upstream_credentials_and_cookies_never_reach_the_client() -> None:
-    headers = client_headers({"Set-Cookie": "s=1", "Content-Type": "application/json"})
+    headers = client_headers({"Set-Cookie": "s=1", "Content-Type": "application/json"}.items())
     assert "set-cookie" not in headers
     assert headers["content-type"] == "application/json"
 
@@ -157,7 +157,7 @@ def test_the_providers_account_limits_are_not_passed_on_as_the_callers() -> None
             "x-ratelimit-remaining-requests": "9999",
             "anthropic-ratelimit-tokens-remaining": "80000",
             "openai-processing-ms": "12",
-        }
+        }.items()
     )
     assert set(headers) == {"openai-processing-ms"}
 
@@ -247,7 +247,9 @@ def test_tool_call_arguments_thinking_and_reasoning_count_as_generated_text() ->
 
 
 def test_the_providers_account_ids_do_not_cross_either_way() -> None:
-    down = client_headers({"openai-organization": "org-x", "anthropic-organization-id": "o"})
+    down = client_headers(
+        {"openai-organization": "org-x", "anthropic-organization-id": "o"}.items()
+    )
     assert not down
     backend = BackendConfig(name="b", kind=BackendKind.OPENAI, base_url="http://127.0.0.1:1")
     up = upstream_headers(backend, {"OpenAI-Organization": "org-client"}, "sk-up")

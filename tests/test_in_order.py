@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
-from stream.gap_reader import DirectReader, Record
+from stream.direct_reader import DirectReader, Record
 from stream.in_order import InOrder
 from stream.ordered_input import OrderedInput
 from tollgate.group_offsets import group_resume_offsets
@@ -182,7 +182,7 @@ async def test_after_a_failed_batch_the_partition_starts_over_from_the_committed
     await source.close()
 
 
-async def test_the_gap_reader_returns_exactly_the_range_from_the_broker(
+async def test_the_direct_reader_returns_exactly_a_range_from_the_broker(
     kafka_settings: KafkaSettings, broker: str, topics: Topics
 ) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=broker)

@@ -1,5 +1,5 @@
 """Read partitions straight from the broker, outside the consumer group: how an agent
-fills a gap Faust left, or takes a quiet partition's tail (``stream.in_order``)."""
+fills a gap Faust left, or takes a quiet partition's tail (``stream.ordered_input``)."""
 
 from __future__ import annotations
 
