@@ -1,4 +1,4 @@
-"""The stream workers' Faust app: meter → budgets, anomalies, alert delivery.
+"""The stream worker: meter → budgets, anomalies, alert delivery, in one process.
 
 ::
 
@@ -8,76 +8,69 @@
               └────► usage.dlq (poison records)
     alerts ──webhooks──► receivers
 
-Each agent reads in batches (``take_events``) and acknowledges a batch only after every
-record it produced was acknowledged by the broker: at least once in, exactly once in
-effect (ids deduped at the meter, offsets watermarked at the budgets). Both rely on each
-partition being read in order, which ``stream.in_order`` makes sure of.
+The meter and the budgets are the hot path: each runs on a consumer of its own, in batches
+(``stream.stage_consumer``), and keeps its state in a changelog table. The Faust app around
+them runs the process: it delivers alerts to webhooks (an agent), follows the budget
+definitions, seeds budgets from the lake, and starts and stops the stages as services.
+At least once in, exactly once in effect: ids deduped at the meter, offsets watermarked
+at the budgets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.types import Message
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.anomaly import AnomalyConfig, AnomalyDetector
 from stream.budget_definitions import BudgetIndex, load_budgets
 from stream.budget_engine import SubjectState
-from stream.budget_stage import BudgetStage, ContributionRecord
-from stream.direct_reader import Record
+from stream.budget_keeper import BudgetKeeper
+from stream.budget_stage import BudgetStage
+from stream.changelog import ChangelogTable
 from stream.faust_options import faust_options
-from stream.meter import Meter, UsageRecord
+from stream.meter import Meter
+from stream.meter_stage import MeterStage
 from stream.metrics import StreamMetrics
-from stream.ordered_input import OrderedInput, Process
-from stream.partitioned_table import add_table
 from stream.rebuild import rebuild_states
+from stream.record_sender import RecordSender
 from stream.seen_ids import SeenIds
-from stream.spend_batch import spends_per_minute
+from stream.stage_consumer import StageConsumer
 from stream.webhooks import WebhookSender, load_webhook_targets
-from tollgate.contract import Alert, BudgetDefinition, decode, encode
-from tollgate.kafka import client_options
+from tollgate.contract import Alert, BudgetDefinition, decode
+from tollgate.kafka import client_options, producer_options
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
 
 log = logging.getLogger("tollgate.stream")
 
-BATCH_MAX = 1000
-BATCH_WITHIN_S = 0.02
-"""A batch waits at most this long to fill: the floor of the enforcement lag."""
-EXPIRE_EVERY_S = 1.0
-TAIL_CHECK_EVERY_S = 1.0
-TAIL_MAX = 10 * BATCH_MAX
-ANOMALY_GRACE_S = 90.0
-"""Buckets close this long after they end, so late events still count in them."""
+BATCH_MAX = 2000
+"""Records per batch at most. A batch is what one poll brought: under load a full one,
+when quiet the one record there is (no waiting to fill it)."""
+TICK_EVERY_S = 1.0
+PRODUCE_BATCH_BYTES = 1 << 20
+STOP_WAIT_S = 15.0
 
 
 def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     kafka = settings.kafka
     topics = kafka.topics()
     app = faust.App(
-        f"{topics.prefix}{settings.stream.app_id}", **faust_options(settings, bootstrap_servers)
+        settings.stream.group_id(kafka.topic_prefix), **faust_options(settings, bootstrap_servers)
     )
-    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-    usage_topic = app.topic(topics.usage, **raw)
-    contributions_topic = app.topic(topics.budget_contributions, **raw)
-    alerts_topic = app.topic(topics.alerts, **raw)
-
-    seen_ids = SeenIds(
-        add_table(app, "seen-usage-ids", kafka.partitions), settings.stream.dedupe_window_s
-    )
-    subjects = add_table(app, "budget-subjects", kafka.partitions)
+    alerts_topic = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
 
     budgets = BudgetIndex(
         load_budgets(settings.stream.budgets_file) if settings.stream.budgets_file else ()
     )
-    meter = Meter(load_catalog(settings.stream.price_catalog), budgets)
     stage = BudgetStage(budgets)
     detector = AnomalyDetector(
         AnomalyConfig(
@@ -91,58 +84,6 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     metrics = StreamMetrics()
     app.tollgate_metrics = metrics  # type: ignore[attr-defined]
     app.tollgate_budgets = budgets  # type: ignore[attr-defined]
-
-    def ordered(topic: str) -> OrderedInput:
-        def acknowledge(records: Sequence[Record]) -> None:
-            """Records read around Faust count as done for its commits (``OrderedInput``)."""
-            for record in records:
-                app.consumer.ack(_message(topic, record))
-
-        return OrderedInput(
-            topic, kafka, bootstrap_servers, app.conf.id, metrics.gaps_filled, acknowledge
-        )
-
-    usage_input, contributions_input = ordered(topics.usage), ordered(topics.budget_contributions)
-
-    async def meter_records(taken: list[Record]) -> None:
-        if not taken:
-            return
-        records = [UsageRecord(r.partition, r.offset, r.key, r.value, r.timestamp_s) for r in taken]
-        out = meter.process(records, seen_ids.first_offset)
-        produce = app.producer.send
-        sent = [
-            await produce(
-                topics.usage_dlq,
-                dead.key,
-                dead.value,
-                None,
-                None,
-                {
-                    "tollgate-error": dead.reason.encode()[:1000],
-                    "tollgate-source": _source(topics.usage, dead.partition, dead.offset),
-                },
-            )
-            for dead in out.dead
-        ]
-        sent += await _send_all(app, topics.priced, out.priced)
-        sent += await _send_all(app, topics.budget_contributions, out.contributions)
-        now_s = time.time()
-        for partition, entries in out.seen.items():
-            seen_ids.record(partition, entries, now_s)
-        await _delivered(sent)
-        metrics.meter_batch(len(records), out)
-        # Anomalies are watched on the tenants this worker meters: usage is keyed by
-        # tenant, so each tenant's baseline lives in one worker.
-        found: list[Alert] = []
-        for spend in spends_per_minute(out.priced_events, detector.config.bucket_s):
-            found += detector.observe(spend)  # type: ignore[arg-type]
-        await _publish_alerts(app, topics.alerts, found, metrics)
-
-    @app.agent(usage_topic, concurrency=1)
-    async def meter_usage(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await usage_input.take_batch(events, meter_records)
-
     seeded = asyncio.Event()
 
     @app.task
@@ -153,76 +94,6 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             )
         finally:
             seeded.set()
-
-    async def budget_records(taken: list[Record]) -> None:
-        if not taken:
-            return
-        records = [ContributionRecord(r.partition, r.offset, r.value) for r in taken]
-        out = stage.process(records, subjects.get, datetime.now(UTC))
-        for key, value in out.writes.items():
-            subjects[key] = value
-        produce = app.producer.send
-        sent = [await produce(topics.budget_state, k, v, None, None, None) for k, v in out.states]
-        sent += [await produce(topics.alerts, k, v, None, None, None) for k, v in out.alerts]
-        await _delivered(sent)
-        metrics.budget_batch(out)
-
-    @app.agent(contributions_topic, concurrency=1)
-    async def keep_budgets(stream: faust.StreamT[bytes]) -> None:
-        await seeded.wait()
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await contributions_input.take_batch(events, budget_records)
-
-    @app.timer(interval=TAIL_CHECK_EVERY_S)
-    async def take_quiet_tails() -> None:
-        """A skip at a partition's end leaves no later record to show it (``OrderedInput``)."""
-        if app.rebalancing or app.in_recovery or not seeded.is_set():
-            return
-        actives = app.assignor.assigned_actives()
-
-        async def take(source: OrderedInput, process: Process) -> None:
-            assigned = [tp.partition for tp in actives if tp.topic == source.topic]
-            try:
-                await source.take_quiet_tails(
-                    assigned, settings.stream.quiet_partition_s, TAIL_MAX, process
-                )
-            except Exception:  # tried again later, from the committed offsets
-                log.exception("%s: taking quiet partitions' tails failed", source.topic)
-
-        await asyncio.gather(
-            take(usage_input, meter_records), take(contributions_input, budget_records)
-        )
-
-    @app.timer(interval=EXPIRE_EVERY_S)
-    async def let_budget_windows_pass() -> None:
-        active = {
-            tp.partition
-            for tp in app.assignor.assigned_actives()
-            if tp.topic == contributions_topic.get_topic_name()
-        }
-        mine = [(k, v) for k, v in list(subjects.items()) if _partition_of(k) in active]
-        writes, states = stage.expire(mine, datetime.now(UTC))
-        for key, value in writes.items():
-            if value is None:
-                subjects.pop(key, None)
-            else:
-                subjects[key] = value
-        await _delivered(await _send_all(app, topics.budget_state, states))
-
-    @app.timer(interval=60.0)
-    async def forget_old_usage_ids() -> None:
-        seen_ids.expire(time.time())
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app: faust.App, revoked: Any, **_: Any) -> None:  # type: ignore[misc]
-        seen_ids.forget_index()  # rebuilt from the recovered table on next use
-        usage_input.forget()
-        contributions_input.forget()
-
-    @app.timer(interval=10.0)
-    async def close_spend_buckets() -> None:
-        now = datetime.now(UTC) - timedelta(seconds=ANOMALY_GRACE_S)
-        await _publish_alerts(app, topics.alerts, detector.advance(now), metrics)
 
     @app.agent(alerts_topic, concurrency=1)
     async def deliver_alerts(stream: faust.StreamT[bytes]) -> None:
@@ -243,54 +114,75 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             await webhooks.close()
 
     @app.service
-    class DirectReaders(faust.Service):  # type: ignore[misc]
+    class Stages(faust.Service):  # type: ignore[misc]
+        """The meter and the budgets, each on its consumer, sharing one producer."""
+
+        async def on_start(self) -> None:
+            self.stopping = asyncio.Event()
+            self.producer = AIOKafkaProducer(
+                **producer_options(kafka, bootstrap_servers), max_batch_size=PRODUCE_BATCH_BYTES
+            )
+            await self.producer.start()
+            sender = RecordSender(self.producer)
+            meter = MeterStage(
+                Meter(load_catalog(settings.stream.price_catalog), budgets),
+                SeenIds(ChangelogTable(topics.meter_seen_ids), settings.stream.dedupe_window_s),
+                detector,
+                sender,
+                metrics,
+                kafka,
+                bootstrap_servers,
+            )
+            keeper = BudgetKeeper(
+                stage, ChangelogTable(topics.budget_subjects), sender, metrics, kafka,
+                bootstrap_servers,
+            )  # fmt: skip
+
+            def consumer(stage: Any, topic: str, name: str) -> StageConsumer:
+                return StageConsumer(
+                    stage,
+                    topic,
+                    settings.stream.group_id(kafka.topic_prefix, name),
+                    kafka,
+                    bootstrap_servers,
+                    batch_max=BATCH_MAX,
+                    tick_every_s=TICK_EVERY_S,
+                    skipped=metrics.reread,
+                )
+
+            metering = consumer(meter, topics.usage, "meter")
+            keeping = consumer(keeper, topics.budget_contributions, "budgets")
+
+            async def keep_budgets() -> None:
+                await seeded.wait()
+                await keeping.run(self.stopping)
+
+            self.tasks = [
+                asyncio.create_task(metering.run(self.stopping), name="meter"),
+                asyncio.create_task(keep_budgets(), name="budgets"),
+            ]
+            for task in self.tasks:
+                task.add_done_callback(_crash_on_failure)
+
         async def on_stop(self) -> None:
-            await usage_input.close()
-            await contributions_input.close()
+            self.stopping.set()
+            _, pending = await asyncio.wait(self.tasks, timeout=STOP_WAIT_S)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.producer.stop()
 
     return app
 
 
-def _message(topic: str, record: Record) -> Message:
-    return Message(
-        topic,
-        record.partition,
-        record.offset,
-        record.timestamp_s,
-        0,
-        None,
-        record.key,
-        record.value,
-        None,
-    )
-
-
-async def _send_all(app: faust.App, topic: str, records: list[tuple[bytes, bytes]]) -> list[Any]:
-    """Hand records to the producer (batched by it); returns their delivery futures."""
-    send = app.producer.send
-    return [await send(topic, key, value, None, None, None) for key, value in records]
-
-
-async def _delivered(futures: list[Any]) -> None:
-    """Wait until the broker acknowledged everything a batch produced."""
-    if futures:
-        await asyncio.gather(*futures)
-
-
-async def _publish_alerts(
-    app: faust.App, topic: str, alerts: list[Alert], metrics: StreamMetrics
-) -> None:
-    records = [(alert.subject.encode(), encode(alert)) for alert in alerts]
-    await _delivered(await _send_all(app, topic, records))
-    metrics.alerts(alerts)
-
-
-def _source(topic: str, partition: int, offset: int) -> bytes:
-    return f"{topic}/{partition}/{offset}".encode()
-
-
-def _partition_of(table_key: bytes) -> int:
-    return int(bytes(table_key).split(b"|", 1)[0])
+def _crash_on_failure(task: asyncio.Task[None]) -> None:
+    """A stage that fails outside a batch (it could not join, say) stops the worker, so
+    that its supervisor restarts it, rather than leave it running without the stage."""
+    if task.cancelled() or task.exception() is None:
+        return
+    log.critical("the %s stage failed", task.get_name(), exc_info=task.exception())
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _lake_seeds(

@@ -10,9 +10,10 @@ past the watermark. Counting is exactly-once in effect over at-least-once delive
 the watermarks are published as ``BudgetState.as_of_offsets``.
 
 Everything is a pure function of its arguments and ``now``: no clock is read, so a replay
-with the same inputs gives the same states. Money is ``Decimal`` throughout. The Faust
-agent that drives this (grouping contributions by key, storing states in a table,
-publishing ``to_budget_state`` and alerts) lives elsewhere; nothing here does I/O.
+with the same inputs gives the same states. Money is ``Decimal`` throughout. What drives
+this (``stream.budget_stage`` groups contributions by key, ``stream.budget_keeper`` stores
+states in a changelog table and publishes ``to_budget_state`` and alerts) lives
+elsewhere; nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Published(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SubjectState(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the stage keeps for one budget and subject; a Faust table value.
+    """Everything the stage keeps for one budget and subject; a changelog table value.
 
     Bounded: a sliding window keeps at most ~62 buckets, a calendar window at most two
     (the current period and the previous one during its grace). ``encode_state`` and

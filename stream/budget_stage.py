@@ -2,7 +2,7 @@
 
 Contributions arrive keyed by budget state key, so one worker owns each budget subject.
 A batch is grouped by key; each key's contributions are applied to its stored state in
-one go (one table write per key per batch), and the state is published when what it
+one go (one state write per key per batch), and the state is published when what it
 says has changed. Exactly once in effect: the state carries, per usage partition, the
 next offset not yet counted, and contributions below it are dropped.
 """
@@ -27,11 +27,15 @@ from stream.budget_engine import (
     to_budget_state,
 )
 from stream.contribution_batch import decode_batch
-from stream.partitioned_table import partition_key
 from tollgate.contract import Alert, AlertKind, BudgetDefinition, Severity, encode, state_key
 from tollgate.ids import uuid7_for
 
 log = logging.getLogger(__name__)
+
+
+TableKey = tuple[int, bytes]
+"""Where a subject's state is kept: the contributions partition it comes in on, and its
+state key. A partition's subjects move to another worker together."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +47,8 @@ class ContributionRecord:
 
 @dataclass
 class BudgetOutput:
-    writes: dict[bytes, bytes] = field(default_factory=dict)
-    """Table key → new subject state."""
+    writes: dict[TableKey, bytes] = field(default_factory=dict)
+    """(contributions partition, state key) → new subject state."""
     states: list[tuple[bytes, bytes]] = field(default_factory=list)
     """(state key, BudgetState) for the compacted state topic."""
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -65,11 +69,11 @@ class BudgetStage:
     def process(
         self,
         records: Iterable[ContributionRecord],
-        load: Callable[[bytes], bytes | None],
+        load: Callable[[TableKey], bytes | None],
         now: datetime,
     ) -> BudgetOutput:
         out = BudgetOutput()
-        grouped: dict[bytes, list[Contribution]] = {}
+        grouped: dict[TableKey, list[Contribution]] = {}
         for record in records:
             if record.value is None:
                 continue
@@ -78,7 +82,7 @@ class BudgetStage:
             except Exception as error:  # internal topic: a bug, not a caller's input
                 log.error("unreadable budget contributions at offset %s: %s", record.offset, error)
                 continue
-            key = partition_key(record.partition, batch.state_key.encode())
+            key = (record.partition, batch.state_key.encode())
             grouped.setdefault(key, []).extend(batch.contributions())
         for table_key, contributions in grouped.items():
             definition = self.budgets.get(contributions[0].budget_id)
@@ -101,15 +105,15 @@ class BudgetStage:
         return out
 
     def expire(
-        self, items: Iterable[tuple[bytes, bytes]], now: datetime
-    ) -> tuple[dict[bytes, bytes | None], list[tuple[bytes, bytes | None]]]:
+        self, items: Iterable[tuple[TableKey, bytes]], now: datetime
+    ) -> tuple[dict[TableKey, bytes | None], list[tuple[bytes, bytes | None]]]:
         """Let time pass over stored states: sliding windows decay, periods roll over.
 
         Returns table writes (None: delete the key) and records for the state topic
         (None: a tombstone). A subject whose spend has all left its window, or whose
         budget is gone, is deleted, so the state stays bounded by the active subjects.
         """
-        writes: dict[bytes, bytes | None] = {}
+        writes: dict[TableKey, bytes | None] = {}
         states: list[tuple[bytes, bytes | None]] = []
         for table_key, stored in items:
             state = decode_state(stored)

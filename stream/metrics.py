@@ -38,9 +38,9 @@ class StreamMetrics:
         self.late = Counter(
             "tollgate_stream_budget_late", "Contributions for windows already closed", registry=r
         )
-        self.gaps_filled = Counter(
-            "tollgate_stream_gap_records",
-            "Records the consumer skipped, read directly from the broker before going on",
+        self.reread = Counter(
+            "tollgate_stream_reread_gaps",
+            "Times records came past a missing offset and the partition was read again from it",
             registry=r,
         )
         self.alerts_raised = Counter(

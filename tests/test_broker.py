@@ -109,7 +109,12 @@ async def test_creating_topics_twice_creates_nothing_the_second_time(
 def test_state_topics_are_compacted() -> None:
     layout = Topics()
     compacted = {spec.base_name for spec in ALL_TOPICS if layout.configs_of(spec)}
-    assert compacted == {"tollgate.budget-state.v1", "tollgate.budget-definitions.v1"}
+    assert compacted == {
+        "tollgate.budget-state.v1",
+        "tollgate.budget-definitions.v1",
+        "tollgate.meter-seen-ids.v1",  # the stream's changelogs
+        "tollgate.budget-subjects.v1",
+    }
     for spec in ALL_TOPICS:
         if spec.compacted:
             assert layout.configs_of(spec)["cleanup.policy"] == "compact"

@@ -106,7 +106,7 @@ class GatewaySettings(Section):
 
 
 class StreamSettings(Section):
-    """The Faust workers."""
+    """The stream workers."""
 
     app_id: str = "tollgate-stream"
     data_dir: Path = Path("var/stream")
@@ -126,10 +126,11 @@ class StreamSettings(Section):
     """Spend above expectation, in one bucket, needed to raise an anomaly alert."""
     anomaly_cooldown_s: Annotated[float, Field(ge=0)] = 1800
     """After an alert, the same subject and kind stay quiet this long: one incident, one alert."""
-    quiet_partition_s: Annotated[float, Field(gt=0)] = 3.0
-    """A partition whose agent got nothing for this long is read from the broker directly,
-    in case Faust skipped what it holds (it can around a rebalance)."""
     web_port: Port = 6066
+
+    def group_id(self, topic_prefix: str, stage: str | None = None) -> str:
+        """The consumer group of a stage ("meter", "budgets"); None: the Faust app's own."""
+        return f"{topic_prefix}{self.app_id}" + (f"-{stage}" if stage else "")
 
 
 class LakeSettings(Section):

@@ -38,6 +38,13 @@ BUDGET_CONTRIBUTIONS = TopicSpec("tollgate.budget-contributions.v1", None)
 """Internal to the stream: each priced call's share of each budget it falls under, keyed by
 the budget state's key, so that one worker owns each budget subject (a repartition)."""
 
+METER_SEEN_IDS = TopicSpec("tollgate.meter-seen-ids.v1", None, compacted=True)
+"""Internal to the stream: the changelog of the usage ids the meter has seen, partitioned
+as the usage topic is (``stream.changelog``)."""
+BUDGET_SUBJECTS = TopicSpec("tollgate.budget-subjects.v1", None, compacted=True)
+"""Internal to the stream: the changelog of every budget subject's state, partitioned as
+the contributions topic is."""
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     USAGE,
     PRICED,
@@ -46,6 +53,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     BUDGET_STATE,
     ALERTS,
     BUDGET_CONTRIBUTIONS,
+    METER_SEEN_IDS,
+    BUDGET_SUBJECTS,
 )
 
 
@@ -93,3 +102,11 @@ class Topics:
     @property
     def budget_contributions(self) -> str:
         return self.name(BUDGET_CONTRIBUTIONS)
+
+    @property
+    def meter_seen_ids(self) -> str:
+        return self.name(METER_SEEN_IDS)
+
+    @property
+    def budget_subjects(self) -> str:
+        return self.name(BUDGET_SUBJECTS)

@@ -352,26 +352,30 @@ def _stop_in_order(
 ) -> bool:
     """Stop the parts so that nothing is left on the broker; False if something was."""
     topics = settings.kafka.topics()
-    stream_group = f"{topics.prefix}{settings.stream.app_id}"
+    stream = settings.stream
     sink_group = f"{topics.prefix}{settings.lake.sink_group_id}"
     by_role: dict[str, list[Part]] = {}
     for part in parts:
         by_role.setdefault(part.role, []).append(part)
     complete = True
-    stages = [
-        ("extra", None, None),
-        ("reporting", None, None),
-        ("gateway", None, "finishing calls, flushing usage events"),
+    stages: list[tuple[str, list[tuple[str, list[str]]], str | None]] = [
+        ("extra", [], None),
+        ("reporting", [], None),
+        ("gateway", [], "finishing calls, flushing usage events"),
         (
             "worker",
-            (stream_group, [topics.usage, topics.budget_contributions, topics.alerts]),
+            [  # the meter first: it feeds the budgets
+                (stream.group_id(topics.prefix, "meter"), [topics.usage]),
+                (stream.group_id(topics.prefix, "budgets"), [topics.budget_contributions]),
+                (stream.group_id(topics.prefix), [topics.alerts]),
+            ],
             None,
         ),
-        ("sink", (sink_group, [topics.priced, topics.alerts, topics.budget_state]), None),
+        ("sink", [(sink_group, [topics.priced, topics.alerts, topics.budget_state])], None),
     ]
-    for role, drain, doing in stages:
-        if drain is not None and broker.embedded is not None:
-            complete &= _drain(supervisor, settings, broker.bootstrap, *drain, say)
+    for role, drains, doing in stages:
+        for group, group_topics in drains if broker.embedded is not None else []:
+            complete &= _drain(supervisor, settings, broker.bootstrap, group, group_topics, say)
         for part in reversed(by_role.get(role, [])):
             say(f"  stopping {part.name}" + (f" ({doing})" if doing else "") + " …")
             supervisor.stop(part.name)

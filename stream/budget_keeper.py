@@ -1,0 +1,83 @@
+"""The budgets as a stage of the stream: contributions in; budget states, threshold
+alerts and the subjects' changelog out.
+
+``stream.budget_stage`` decides what contributions do to each subject's state; this
+class reads, sends, and keeps the states of the contributions partitions this worker owns
+(``stream.stage_consumer`` drives it), and lets time pass over them: sliding windows
+decay, periods roll over, idle subjects are deleted.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from stream.budget_stage import BudgetStage, ContributionRecord, TableKey
+from stream.changelog import ChangelogTable
+from stream.metrics import StreamMetrics
+from stream.record_sender import RecordSender, delivered
+from stream.stage_consumer import Records
+from tollgate.contract import AlertKind
+from tollgate.settings import KafkaSettings
+
+
+class BudgetKeeper:
+    def __init__(
+        self,
+        stage: BudgetStage,
+        subjects: ChangelogTable,
+        sender: RecordSender,
+        metrics: StreamMetrics,
+        kafka: KafkaSettings,
+        bootstrap_servers: str,
+    ) -> None:
+        self.stage = stage
+        self.subjects = subjects
+        self.sender = sender
+        self.metrics = metrics
+        self.topics = kafka.topics()
+        self._kafka = kafka
+        self._bootstrap_servers = bootstrap_servers
+
+    async def take_over(self, partitions: set[int]) -> None:
+        await self.subjects.restore(self._kafka, self._bootstrap_servers, partitions)
+
+    def let_go(self, partitions: set[int]) -> None:
+        self.subjects.drop(partitions)
+
+    async def process(self, records: Records) -> None:
+        out = self.stage.process(
+            [ContributionRecord(r.partition, r.offset, r.value) for r in records],
+            self._load,
+            datetime.now(UTC),
+        )
+        for (partition, key), value in out.writes.items():
+            self.subjects.set(partition, key, value)
+        futures = await self.sender.send(self.topics.budget_state, out.states)
+        futures += await self.sender.send(self.topics.alerts, out.alerts)
+        futures += await self._changelog()
+        await delivered(futures)
+        self.metrics.budget_batch(out)
+        self.metrics.alerts_raised.labels(AlertKind.BUDGET_THRESHOLD.value).inc(len(out.alerts))
+
+    async def tick(self, partitions: set[int]) -> None:
+        items = [
+            ((partition, key), value)
+            for partition in partitions
+            for key, value in self.subjects.partition(partition).items()
+        ]
+        writes, states = self.stage.expire(items, datetime.now(UTC))
+        for (partition, key), value in writes.items():
+            if value is None:
+                self.subjects.delete(partition, key)
+            else:
+                self.subjects.set(partition, key, value)
+        futures = await self.sender.send(self.topics.budget_state, states)
+        futures += await self._changelog()
+        await delivered(futures)
+
+    def _load(self, key: TableKey) -> bytes | None:
+        return self.subjects.get(*key)
+
+    async def _changelog(self) -> list:  # type: ignore[type-arg]
+        changes = self.subjects.take_changes()
+        return await self.sender.send_to(self.subjects.topic, changes) if changes else []

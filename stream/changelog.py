@@ -1,0 +1,111 @@
+"""A stage's state, per input partition, kept in memory and logged to a compacted topic.
+
+A stage (``stream.stage_consumer``) holds state for the partitions it owns: the meter the
+ids it has seen, the budget stage each subject's state. Each change is also written to a
+*changelog* topic, to the partition of the same number as the input partition, and
+delivered before the input offsets are committed. A worker that takes a partition over
+(after a restart or a rebalance) reads that changelog partition from its start to its end
+and has the state back, up to the last batch whose output was delivered. What the changelog
+misses of a batch is the part of the input read again, and both stages drop a second
+count of it (the meter by event id at its offset, the budgets by watermark).
+
+The changelog is compacted on Kafka, so a restore reads about one record per key. A
+restore reads up to the high watermark its fetches report, not to what ``end_offsets``
+answers: the embedded broker answers ListOffsets with the start of a partition's last
+record batch plus one, which left the rest of that batch, the newest changes, unread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tollgate.kafka import client_options
+from tollgate.settings import KafkaSettings
+
+RESTORE_TIMEOUT_S = 120.0
+_READ_MAX = 20_000
+
+
+class ChangelogTable:
+    """Key → value per partition, and the changes not yet written to the changelog."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._partitions: dict[int, dict[bytes, bytes]] = {}
+        self._changes: list[tuple[int, bytes, bytes | None]] = []
+
+    def partition(self, partition: int) -> dict[bytes, bytes]:
+        """The state of ``partition`` (read only: change it with ``set`` and ``delete``)."""
+        return self._partitions.setdefault(partition, {})
+
+    def partitions(self) -> list[int]:
+        return sorted(self._partitions)
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self.partition(partition).get(key)
+
+    def set(self, partition: int, key: bytes, value: bytes) -> None:
+        self.partition(partition)[key] = value
+        self._changes.append((partition, key, value))
+
+    def delete(self, partition: int, key: bytes) -> None:
+        if self.partition(partition).pop(key, None) is not None:
+            self._changes.append((partition, key, None))
+
+    def take_changes(self) -> list[tuple[int, bytes, bytes | None]]:
+        """(partition, key, value or None for a tombstone) to write, oldest first."""
+        changes, self._changes = self._changes, []
+        return changes
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget ``partitions`` (no longer ours, or to be restored again)."""
+        for partition in partitions:
+            self._partitions.pop(partition, None)
+        self._changes = [c for c in self._changes if c[0] in self._partitions]
+
+    async def restore(
+        self, kafka: KafkaSettings, bootstrap_servers: str, partitions: Iterable[int]
+    ) -> int:
+        """Read ``partitions`` of the changelog whole; returns how many records were read."""
+        wanted = sorted(set(partitions))
+        self.drop(wanted)
+        if not wanted:
+            return 0
+        consumer = AIOKafkaConsumer(
+            **client_options(kafka, bootstrap_servers),
+            group_id=None,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 << 20,
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topic, p) for p in wanted]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            for tp in tps:
+                self._partitions[tp.partition] = {}
+            read = 0
+            deadline = time.monotonic() + RESTORE_TIMEOUT_S
+            waiting = set(tps)
+            while waiting:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.topic}: restoring {sorted(waiting)} timed out")
+                batches = await consumer.getmany(*waiting, timeout_ms=500, max_records=_READ_MAX)
+                for tp, records in batches.items():
+                    state = self._partitions[tp.partition]
+                    for record in records:
+                        if record.value is None:
+                            state.pop(record.key, None)
+                        else:
+                            state[record.key] = record.value
+                    read += len(records)
+                for tp in list(waiting):
+                    end = consumer.highwater(tp)  # not end_offsets(): see the module's note
+                    if end is not None and await consumer.position(tp) >= end:
+                        waiting.discard(tp)
+            return read
+        finally:
+            await consumer.stop()

@@ -1,0 +1,251 @@
+"""One stage of the stream on a plain consumer in a consumer group: batches in, offsets
+committed once their output was delivered.
+
+The meter and the budget stage run here rather than as Faust agents. Faust hands records
+over one event at a time (a few hundred µs each, most of a worker's CPU at load), and
+around a rebalance it skipped records it had fetched for the previous generation. Here
+each poll is one batch (``Stage.process``), committed after its output and its state's
+changelog (``stream.changelog``) were delivered: at least once in, and both stages drop a
+second count, so exactly once in effect.
+
+Each partition is taken in offset order, none left out: the loop knows the next offset of
+each partition it owns (from the group's committed offset when it was assigned), drops
+records before it (read again after a seek) and, should a record come past it, seeks back
+to the missing one instead of going on. Only records the log no longer holds (removed by
+retention before they were read) are passed over, with an error logged.
+
+Rebalances: a revocation waits for the batch under way and its commit, then the stage
+lets the partitions' state go; an assignment restores their state before the first
+record of theirs is read. A batch whose processing fails makes every partition start over:
+its state restored from the changelog, its position from the committed offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
+
+from tollgate.kafka import consumer_options
+from tollgate.settings import KafkaSettings
+
+log = logging.getLogger("tollgate.stream")
+
+Records = list[ConsumerRecord[bytes, bytes]]
+
+POLL_MS = 100
+RETRY_AFTER_FAILURE_S = 1.0
+_FETCH_BYTES = 4 << 20
+
+
+class Stage(Protocol):
+    """What a stage does with its partitions; all of it runs in the consumer's task."""
+
+    async def take_over(self, partitions: set[int]) -> None:
+        """Have the state of ``partitions`` ready (restored from the changelog)."""
+
+    def let_go(self, partitions: set[int]) -> None:
+        """Forget the state of ``partitions``: another worker may own them now."""
+
+    async def process(self, records: Records) -> None:
+        """Process ``records`` (each partition's in offset order); return once every
+        output and state change they made was acknowledged by the broker."""
+
+    async def tick(self, partitions: set[int]) -> None:
+        """Periodic work on the owned ``partitions`` (windows passing, ids expiring)."""
+
+
+class StageConsumer:
+    def __init__(
+        self,
+        stage: Stage,
+        topic: str,
+        group_id: str,
+        kafka: KafkaSettings,
+        bootstrap_servers: str,
+        *,
+        batch_max: int,
+        tick_every_s: float,
+        skipped: Counter | None = None,
+    ) -> None:
+        self.stage = stage
+        self.topic = topic
+        self.group_id = group_id
+        self._kafka = kafka
+        self._bootstrap_servers = bootstrap_servers
+        self._batch_max = batch_max
+        self._tick_every_s = tick_every_s
+        self._skipped = skipped
+        self._next: dict[int, int] = {}
+        """Per owned partition, the offset of the next record to process."""
+        self._lock = asyncio.Lock()
+        self.batches = 0
+
+    @property
+    def partitions(self) -> set[int]:
+        return set(self._next)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; the batch under way is finished and committed."""
+        consumer = AIOKafkaConsumer(
+            **consumer_options(self._kafka, self._bootstrap_servers),
+            group_id=self.group_id,
+            max_partition_fetch_bytes=_FETCH_BYTES,
+        )
+        consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
+        await consumer.start()
+        try:
+            next_tick = time.monotonic() + self._tick_every_s
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=self._batch_max)
+                async with self._lock:
+                    records = await self._in_order(consumer, batches)
+                    if records:
+                        await self._process(consumer, records)
+                    if time.monotonic() >= next_tick:
+                        next_tick = time.monotonic() + self._tick_every_s
+                        await self._tick(consumer)
+        finally:
+            await consumer.stop()
+
+    async def _process(self, consumer: AIOKafkaConsumer, records: Records) -> None:
+        try:
+            await self.stage.process(records)
+        except Exception:
+            log.exception("%s: a batch failed; every partition starts over", self.topic)
+            await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+            await self._start_over(consumer)
+            return
+        self.batches += 1
+        ends: dict[TopicPartition, int] = {}
+        for record in records:
+            ends[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        await self._commit(consumer, ends)
+
+    async def _tick(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await self.stage.tick(self.partitions)
+        except Exception:
+            log.exception("%s: periodic work failed; every partition starts over", self.topic)
+            await self._start_over(consumer)
+
+    async def _in_order(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, Records]
+    ) -> Records:
+        """The records to process, each partition's from its next offset on, unbroken."""
+        taken: Records = []
+        for tp, records in batches.items():
+            expected = self._next.get(tp.partition)
+            if expected is None or not records:
+                continue  # fetched before a revocation
+            start = 0
+            while start < len(records) and records[start].offset < expected:
+                start += 1
+            end = start
+            while end < len(records) and records[end].offset == expected + (end - start):
+                end += 1
+            if end < len(records):  # a record came past a missing one
+                missing = expected + (end - start)
+                if not await self._passed_by_retention(consumer, tp, missing):
+                    self._seek(consumer, tp, missing, records[end].offset)
+                    taken += records[start:end]
+                    if end > start:
+                        self._next[tp.partition] = records[end - 1].offset + 1
+                    continue
+                end = len(records)
+            taken += records[start:end]
+            if end > start:
+                self._next[tp.partition] = records[end - 1].offset + 1
+        return taken
+
+    def _seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, missing: int, got: int) -> None:
+        log.warning(
+            "%s[%d]: offset %d came before %d; reading again from %d",
+            self.topic,
+            tp.partition,
+            got,
+            missing,
+            missing,
+        )
+        if self._skipped is not None:
+            self._skipped.inc()
+        consumer.seek(tp, missing)
+
+    async def _passed_by_retention(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, missing: int
+    ) -> bool:
+        start = (await consumer.beginning_offsets([tp]))[tp]
+        if start <= missing:
+            return False
+        log.error(
+            "%s[%d]: offsets %d to %d were removed from the log before they were processed",
+            self.topic,
+            tp.partition,
+            missing,
+            start - 1,
+        )
+        return True
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as error:
+            # The group moved on: the next owner reads these again, and drops what counted.
+            log.info("%s: commit skipped (%s)", self.topic, error)
+
+    async def _start_over(self, consumer: AIOKafkaConsumer) -> None:
+        """Every owned partition from its committed offset, its state restored; tried
+        until it works (the broker may be away for a while)."""
+        partitions = self.partitions
+        while True:
+            self.stage.let_go(partitions)
+            try:
+                await self._resume(consumer, [TopicPartition(self.topic, p) for p in partitions])
+                return
+            except Exception:
+                log.exception("%s: starting over failed; trying again", self.topic)
+                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+
+    async def _resume(self, consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> None:
+        """Position ``tps`` at the group's committed offsets, with their state restored."""
+        tps = sorted(tps)
+        if not tps:
+            return
+        starts = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            offset = starts[tp] if committed is None or committed < starts[tp] else committed
+            consumer.seek(tp, offset)
+            self._next[tp.partition] = offset
+        await self.stage.take_over({tp.partition for tp in tps})
+
+    async def revoked(self, tps: set[TopicPartition]) -> None:
+        async with self._lock:  # the batch under way is finished and committed first
+            partitions = {tp.partition for tp in tps if tp.topic == self.topic}
+            for partition in partitions:
+                self._next.pop(partition, None)
+            self.stage.let_go(partitions)
+
+    async def assigned(self, consumer: AIOKafkaConsumer, tps: set[TopicPartition]) -> None:
+        async with self._lock:
+            await self._resume(consumer, [tp for tp in tps if tp.topic == self.topic])
+            log.info("%s: took partitions %s", self.topic, sorted(self._next))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: StageConsumer, consumer: AIOKafkaConsumer) -> None:
+        self.owner = owner
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.owner.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.owner.assigned(self.consumer, assigned)
