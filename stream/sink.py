@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from stream.gc_tuning import fewer_collections
 from stream.sink_dedupe import RecentIds
 from stream.sink_files import PartitionHistory, recent_ids, scan, write_range
 from stream.sink_metrics import SinkMetrics
@@ -56,7 +55,6 @@ _FETCH_BYTES = 4 << 20
 """Per partition and fetch; aiokafka's 1 MB default halves the throughput."""
 _TICK_S = 0.25
 _YIELDS = 3
-_GC_ALLOCATIONS = 50_000
 
 
 @dataclass(frozen=True)
@@ -357,24 +355,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.sink.assign(self.consumer, assigned)
-
-
-@contextlib.contextmanager
-def fewer_collections() -> Iterator[None]:
-    """Let the cyclic garbage collector run less while sinking.
-
-    The sink allocates a few dozen short-lived objects per record, none in a cycle; at
-    the collector's default (a pass every 700 allocations, scanning more and more of the
-    heap) that is a third of its CPU. What start-up built is frozen out of the scans.
-    """
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(_GC_ALLOCATIONS, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 import mode.loop
 from faust.worker import Worker
 
+from stream.gc_tuning import fewer_collections
 from tollgate.logs import configure_logging
 from tollgate.settings import Settings
 
@@ -29,18 +30,19 @@ class _Worker(Worker):  # type: ignore[misc]
 
 
 def run(settings: Settings, bootstrap_servers: str) -> None:
-    """Run the worker until SIGINT or SIGTERM; Faust commits what was processed on the way out."""
+    """Run the worker until SIGINT or SIGTERM; each stage finishes and commits its batch."""
     mode.loop.use("uvloop")
     from stream.app import build_app
 
     settings.stream.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = build_app(settings, bootstrap_servers)
     app.tollgate_metrics.serve(settings.stream.web_port)  # type: ignore[attr-defined]
-    _Worker(
-        app,
-        loglevel=settings.log.level.upper(),
-        quiet=True,
-        redirect_stdouts=False,
-        log_level=settings.log.level,
-        log_json=settings.log.format == "json",
-    ).execute_from_commandline()
+    with fewer_collections():
+        _Worker(
+            app,
+            loglevel=settings.log.level.upper(),
+            quiet=True,
+            redirect_stdouts=False,
+            log_level=settings.log.level,
+            log_json=settings.log.format == "json",
+        ).execute_from_commandline()

@@ -140,6 +140,32 @@ async def test_feed_catches_up_and_the_book_refuses_a_spent_budget(
     assert admits(book, "globex")
 
 
+async def test_caught_up_means_every_state_of_a_batch_the_stream_sent_whole(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics, make_feed: Callable[..., BudgetFeed]
+) -> None:
+    # The stream sends a partition's states as one record batch, and the embedded broker
+    # gives a log's end (ListOffsets) as the start of its last batch plus one: caught up
+    # must still mean every state of that batch was read, not the first one.
+    states = [live_state(scope={Dimension.TENANT: f"t{i}"}) for i in range(9)] + [spent()]
+    producer = AIOKafkaProducer(**producer_options(kafka_settings, broker))
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        for state in states:
+            assert batch.append(key=state.key().encode(), value=encode(state), timestamp=None)
+        await (await producer.send_batch(batch, topics.budget_state, partition=0))
+    finally:
+        await producer.stop()
+    book = BudgetBook(fail_open=True)
+    feed = make_feed(book)
+
+    await feed.start()
+    await eventually(lambda: feed.caught_up)
+
+    assert len(book) == 10
+    assert not admits(book)
+
+
 async def test_feed_follows_updates_and_tombstones(
     publish: Publish, make_feed: Callable[..., BudgetFeed]
 ) -> None:
