@@ -124,19 +124,19 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             )
             await self.producer.start()
             sender = RecordSender(self.producer)
+
+            def table(topic: str) -> ChangelogTable:
+                return ChangelogTable(topic, kafka, bootstrap_servers)
+
             meter = MeterStage(
                 Meter(load_catalog(settings.stream.price_catalog), budgets),
-                SeenIds(ChangelogTable(topics.meter_seen_ids), settings.stream.dedupe_window_s),
+                SeenIds(table(topics.meter_seen_ids), settings.stream.dedupe_window_s),
                 detector,
                 sender,
                 metrics,
-                kafka,
-                bootstrap_servers,
+                topics,
             )
-            keeper = BudgetKeeper(
-                stage, ChangelogTable(topics.budget_subjects), sender, metrics, kafka,
-                bootstrap_servers,
-            )  # fmt: skip
+            keeper = BudgetKeeper(stage, table(topics.budget_subjects), sender, metrics, topics)
 
             def consumer(stage: Any, topic: str, name: str) -> StageConsumer:
                 return StageConsumer(

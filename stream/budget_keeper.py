@@ -17,7 +17,7 @@ from stream.metrics import StreamMetrics
 from stream.record_sender import RecordSender, delivered
 from stream.stage_consumer import Records
 from tollgate.contract import AlertKind
-from tollgate.settings import KafkaSettings
+from tollgate.topics import Topics
 
 
 class BudgetKeeper:
@@ -27,19 +27,16 @@ class BudgetKeeper:
         subjects: ChangelogTable,
         sender: RecordSender,
         metrics: StreamMetrics,
-        kafka: KafkaSettings,
-        bootstrap_servers: str,
+        topics: Topics,
     ) -> None:
         self.stage = stage
         self.subjects = subjects
         self.sender = sender
         self.metrics = metrics
-        self.topics = kafka.topics()
-        self._kafka = kafka
-        self._bootstrap_servers = bootstrap_servers
+        self.topics = topics
 
     async def take_over(self, partitions: set[int]) -> None:
-        await self.subjects.restore(self._kafka, self._bootstrap_servers, partitions)
+        await self.subjects.restore(partitions)
 
     def let_go(self, partitions: set[int]) -> None:
         self.subjects.drop(partitions)
@@ -54,7 +51,7 @@ class BudgetKeeper:
             self.subjects.set(partition, key, value)
         futures = await self.sender.send(self.topics.budget_state, out.states)
         futures += await self.sender.send(self.topics.alerts, out.alerts)
-        futures += await self._changelog()
+        futures += await self.subjects.write(self.sender)
         await delivered(futures)
         self.metrics.budget_batch(out)
         self.metrics.alerts_raised.labels(AlertKind.BUDGET_THRESHOLD.value).inc(len(out.alerts))
@@ -72,12 +69,8 @@ class BudgetKeeper:
             else:
                 self.subjects.set(partition, key, value)
         futures = await self.sender.send(self.topics.budget_state, states)
-        futures += await self._changelog()
+        futures += await self.subjects.write(self.sender)
         await delivered(futures)
 
     def _load(self, key: TableKey) -> bytes | None:
         return self.subjects.get(*key)
-
-    async def _changelog(self) -> list:  # type: ignore[type-arg]
-        changes = self.subjects.take_changes()
-        return await self.sender.send_to(self.subjects.topic, changes) if changes else []

@@ -17,11 +17,14 @@ record batch plus one, which left the rest of that batch, the newest changes, un
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.record_sender import RecordSender
 from tollgate.kafka import client_options
 from tollgate.settings import KafkaSettings
 
@@ -32,8 +35,10 @@ _READ_MAX = 20_000
 class ChangelogTable:
     """Key → value per partition, and the changes not yet written to the changelog."""
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, kafka: KafkaSettings, bootstrap_servers: str) -> None:
         self.topic = topic
+        self._kafka = kafka
+        self._bootstrap_servers = bootstrap_servers
         self._partitions: dict[int, dict[bytes, bytes]] = {}
         self._changes: list[tuple[int, bytes, bytes | None]] = []
 
@@ -60,22 +65,25 @@ class ChangelogTable:
         changes, self._changes = self._changes, []
         return changes
 
+    async def write(self, sender: RecordSender) -> list[asyncio.Future[Any]]:
+        """Hand the changes to the producer, each to its partition; their deliveries."""
+        changes = self.take_changes()
+        return await sender.send_to(self.topic, changes) if changes else []
+
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget ``partitions`` (no longer ours, or to be restored again)."""
         for partition in partitions:
             self._partitions.pop(partition, None)
         self._changes = [c for c in self._changes if c[0] in self._partitions]
 
-    async def restore(
-        self, kafka: KafkaSettings, bootstrap_servers: str, partitions: Iterable[int]
-    ) -> int:
+    async def restore(self, partitions: Iterable[int]) -> int:
         """Read ``partitions`` of the changelog whole; returns how many records were read."""
         wanted = sorted(set(partitions))
         self.drop(wanted)
         if not wanted:
             return 0
         consumer = AIOKafkaConsumer(
-            **client_options(kafka, bootstrap_servers),
+            **client_options(self._kafka, self._bootstrap_servers),
             group_id=None,
             enable_auto_commit=False,
             max_partition_fetch_bytes=4 << 20,

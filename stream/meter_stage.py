@@ -20,7 +20,7 @@ from stream.seen_ids import SeenIds
 from stream.spend_batch import spends_per_minute
 from stream.stage_consumer import Records
 from tollgate.contract import Alert, encode
-from tollgate.settings import KafkaSettings
+from tollgate.topics import Topics
 
 ANOMALY_GRACE_S = 90.0
 """Spend buckets close this long after they end, so late events still count in them."""
@@ -34,20 +34,17 @@ class MeterStage:
         detector: AnomalyDetector,
         sender: RecordSender,
         metrics: StreamMetrics,
-        kafka: KafkaSettings,
-        bootstrap_servers: str,
+        topics: Topics,
     ) -> None:
         self.meter = meter
         self.seen_ids = seen_ids
         self.detector = detector
         self.sender = sender
         self.metrics = metrics
-        self.topics = kafka.topics()
-        self._kafka = kafka
-        self._bootstrap_servers = bootstrap_servers
+        self.topics = topics
 
     async def take_over(self, partitions: set[int]) -> None:
-        await self.seen_ids.table.restore(self._kafka, self._bootstrap_servers, partitions)
+        await self.seen_ids.table.restore(partitions)
         self.seen_ids.index(partitions)
 
     def let_go(self, partitions: set[int]) -> None:
@@ -76,7 +73,7 @@ class MeterStage:
         ]
         futures += await send(topics.priced, out.priced)
         futures += await send(topics.budget_contributions, out.contributions)
-        futures += await self._changelog()
+        futures += await self.seen_ids.table.write(self.sender)
         await delivered(futures)
         self.metrics.meter_batch(len(records), out)
         found: list[Alert] = []
@@ -86,13 +83,9 @@ class MeterStage:
 
     async def tick(self, partitions: set[int]) -> None:
         self.seen_ids.expire(time.time())
-        await delivered(await self._changelog())
+        await delivered(await self.seen_ids.table.write(self.sender))
         now = datetime.now(UTC) - timedelta(seconds=ANOMALY_GRACE_S)
         await self._publish(self.detector.advance(now))
-
-    async def _changelog(self) -> list:  # type: ignore[type-arg]
-        changes = self.seen_ids.table.take_changes()
-        return await self.sender.send_to(self.seen_ids.table.topic, changes) if changes else []
 
     async def _publish(self, alerts: list[Alert]) -> None:
         if alerts:

@@ -86,7 +86,6 @@ class StageConsumer:
         self._next: dict[int, int] = {}
         """Per owned partition, the offset of the next record to process."""
         self._lock = asyncio.Lock()
-        self.batches = 0
 
     @property
     def partitions(self) -> set[int]:
@@ -123,7 +122,6 @@ class StageConsumer:
             await asyncio.sleep(RETRY_AFTER_FAILURE_S)
             await self._start_over(consumer)
             return
-        self.batches += 1
         ends: dict[TopicPartition, int] = {}
         for record in records:
             ends[TopicPartition(record.topic, record.partition)] = record.offset + 1

@@ -27,7 +27,7 @@ async def test_a_restore_has_every_partitions_newest_values_and_no_deleted_keys(
     kafka_settings: KafkaSettings, broker: str, topics: Topics
 ) -> None:
     sender = await _sender(kafka_settings, broker)
-    table = ChangelogTable(topics.budget_subjects)
+    table = ChangelogTable(topics.budget_subjects, kafka_settings, broker)
     try:
         for round_ in range(4):
             for key in (b"a", b"b", b"c"):
@@ -36,12 +36,12 @@ async def test_a_restore_has_every_partitions_newest_values_and_no_deleted_keys(
             if round_ == 3:
                 table.delete(0, b"b")
             # One record batch per partition and round: the last batch holds the newest.
-            await delivered(await sender.send_to(table.topic, table.take_changes()))
+            await delivered(await table.write(sender))
     finally:
         await sender.producer.stop()
 
-    restored = ChangelogTable(topics.budget_subjects)
-    read = await restored.restore(kafka_settings, broker, [0, 1, 2])
+    restored = ChangelogTable(topics.budget_subjects, kafka_settings, broker)
+    read = await restored.restore([0, 1, 2])
     assert read == 4 * 4 + 1
     assert restored.partition(0) == {b"a": b"a-3", b"c": b"c-3"}
     assert restored.partition(1) == {b"z": b"z-3"}
@@ -53,14 +53,14 @@ class _Counting:
     """A stage that sums record values per partition, its sums kept in a changelog table."""
 
     def __init__(self, kafka: KafkaSettings, broker: str, topics: Topics, sender: RecordSender):
-        self.kafka, self.broker, self.sender = kafka, broker, sender
-        self.table = ChangelogTable(topics.budget_subjects)
+        self.sender = sender
+        self.table = ChangelogTable(topics.budget_subjects, kafka, broker)
         self.seen: list[tuple[int, int]] = []
         self.fail_at: int | None = None
         self.restores = 0
 
     async def take_over(self, partitions: set[int]) -> None:
-        await self.table.restore(self.kafka, self.broker, partitions)
+        await self.table.restore(partitions)
         self.restores += 1
 
     def let_go(self, partitions: set[int]) -> None:
@@ -74,7 +74,7 @@ class _Counting:
             if record.offset == self.fail_at:
                 self.fail_at = None
                 raise RuntimeError("the broker went away mid-batch")
-        await delivered(await self.sender.send_to(self.table.topic, self.table.take_changes()))
+        await delivered(await self.table.write(self.sender))
 
     async def tick(self, partitions: set[int]) -> None:
         pass
