@@ -25,7 +25,6 @@ import os
 import signal
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -43,7 +42,7 @@ from stream.metrics import StreamMetrics
 from stream.rebuild import rebuild_states
 from stream.record_sender import RecordSender
 from stream.seen_ids import SeenIds
-from stream.stage_consumer import StageConsumer
+from stream.stage_consumer import Stage, StageConsumer
 from stream.webhooks import WebhookSender, load_webhook_targets
 from tollgate.contract import Alert, BudgetDefinition, decode
 from tollgate.kafka import client_options, producer_options
@@ -138,9 +137,9 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             )
             keeper = BudgetKeeper(stage, table(topics.budget_subjects), sender, metrics, topics)
 
-            def consumer(stage: Any, topic: str, name: str) -> StageConsumer:
+            def consumer(work: Stage, topic: str, name: str) -> StageConsumer:
                 return StageConsumer(
-                    stage,
+                    work,
                     topic,
                     settings.stream.group_id(kafka.topic_prefix, name),
                     kafka,
