@@ -165,7 +165,7 @@ class StageConsumer:
 
     def _seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, missing: int, got: int) -> None:
         log.warning(
-            "%s[%d]: offset %d came before %d; reading again from %d",
+            "%s[%d]: offset %d came where %d was due; reading again from %d",
             self.topic,
             tp.partition,
             got,
