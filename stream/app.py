@@ -57,6 +57,7 @@ when quiet the one record there is (no waiting to fill it)."""
 TICK_EVERY_S = 1.0
 PRODUCE_BATCH_BYTES = 1 << 20
 STOP_WAIT_S = 15.0
+DEFINITIONS_WAIT_S = 60.0
 
 
 def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
@@ -84,6 +85,7 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     app.tollgate_metrics = metrics  # type: ignore[attr-defined]
     app.tollgate_budgets = budgets  # type: ignore[attr-defined]
     seeded = asyncio.Event()
+    definitions_read = asyncio.Event()
 
     @app.task
     async def seed_budgets_from_the_lake() -> None:
@@ -101,7 +103,9 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
 
     @app.task
     async def follow_budget_definitions() -> None:
-        await _follow_definitions(settings, bootstrap_servers, topics.budget_definitions, budgets)
+        await _follow_definitions(
+            settings, bootstrap_servers, topics.budget_definitions, budgets, definitions_read
+        )
 
     @app.service
     class Webhooks(faust.Service):  # type: ignore[misc]
@@ -154,6 +158,12 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
 
             async def keep_budgets() -> None:
                 await seeded.wait()
+                # A contribution to a budget not yet known would be dropped as an orphan,
+                # and a restored subject of it deleted.
+                try:
+                    await asyncio.wait_for(definitions_read.wait(), DEFINITIONS_WAIT_S)
+                except TimeoutError:
+                    log.warning("budget definitions topic not read in time; going on without")
                 await keeping.run(self.stopping)
 
             self.tasks = [
@@ -245,25 +255,51 @@ async def _log_start(settings: Settings, bootstrap_servers: str, topic: str) -> 
 
 
 async def _follow_definitions(
-    settings: Settings, bootstrap_servers: str, topic: str, budgets: BudgetIndex
+    settings: Settings,
+    bootstrap_servers: str,
+    topic: str,
+    budgets: BudgetIndex,
+    read: asyncio.Event,
 ) -> None:
-    """Every worker reads every budget definition: the compacted topic, whole, then live."""
+    """Every worker reads every budget definition: the compacted topic, whole, then live.
+    ``read`` is set once what the topic held at the start has been applied."""
     consumer = AIOKafkaConsumer(
         topic,
         **client_options(settings.kafka, bootstrap_servers),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
     )
     await consumer.start()
     try:
-        async for record in consumer:
-            if record.value is None:
-                budgets.remove((record.key or b"").decode())
-                continue
-            try:
-                budgets.apply_definition(decode(record.value, BudgetDefinition))
-            except Exception as error:
-                log.warning("budget definition at offset %s refused: %s", record.offset, error)
+        while True:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                for record in records:
+                    _apply_definition(budgets, record.key, record.value, record.offset)
+            if not read.is_set() and await _at_end(consumer):
+                read.set()
     finally:
         await consumer.stop()
+
+
+def _apply_definition(
+    budgets: BudgetIndex, key: bytes | None, value: bytes | None, at: int
+) -> None:
+    if value is None:
+        budgets.remove((key or b"").decode())
+        return
+    try:
+        budgets.apply_definition(decode(value, BudgetDefinition))
+    except Exception as error:
+        log.warning("budget definition at offset %s refused: %s", at, error)
+
+
+async def _at_end(consumer: AIOKafkaConsumer) -> bool:
+    """Whether every assigned partition is read to the high watermark its fetches report."""
+    assigned = consumer.assignment()
+    for tp in assigned:
+        end = consumer.highwater(tp)
+        if end is None or await consumer.position(tp) < end:
+            return False
+    return bool(assigned)

@@ -5,6 +5,13 @@ alerts and the subjects' changelog out.
 class reads, sends, and keeps the states of the contributions partitions this worker owns
 (``stream.stage_consumer`` drives it), and lets time pass over them: sliding windows
 decay, periods roll over, idle subjects are deleted.
+
+A batch's states and alerts are delivered before its subjects' changelog is written. The
+other way round, a worker killed between the two would come back with states that had
+counted the batch, drop the batch as counted when reading it again, and never publish
+what it changed: the gateways would enforce a stale state and the alerts would be lost.
+This way, what it reads again is counted again from the older state and published anew
+(an alert a second time, with the same id).
 """
 
 from __future__ import annotations
@@ -51,8 +58,8 @@ class BudgetKeeper:
             self.subjects.set(partition, key, value)
         futures = await self.sender.send(self.topics.budget_state, out.states)
         futures += await self.sender.send(self.topics.alerts, out.alerts)
-        futures += await self.subjects.write(self.sender)
         await delivered(futures)
+        await delivered(await self.subjects.write(self.sender))  # after: see the docstring
         self.metrics.budget_batch(out)
         self.metrics.alerts_raised.labels(AlertKind.BUDGET_THRESHOLD.value).inc(len(out.alerts))
 
@@ -68,9 +75,8 @@ class BudgetKeeper:
                 self.subjects.delete(partition, key)
             else:
                 self.subjects.set(partition, key, value)
-        futures = await self.sender.send(self.topics.budget_state, states)
-        futures += await self.subjects.write(self.sender)
-        await delivered(futures)
+        await delivered(await self.sender.send(self.topics.budget_state, states))
+        await delivered(await self.subjects.write(self.sender))
 
     def _load(self, key: TableKey) -> bytes | None:
         return self.subjects.get(*key)

@@ -5,11 +5,12 @@ ids it has seen, the budget stage each subject's state. Each change is also writ
 *changelog* topic, to the partition of the same number as the input partition, and
 delivered before the input offsets are committed. A worker that takes a partition over
 (after a restart or a rebalance) reads that changelog partition from its start to its end
-and has the state back, up to the last batch whose output was delivered. What the changelog
-misses of a batch is the part of the input read again, and both stages drop a second
-count of it (the meter by event id at its offset, the budgets by watermark).
+and has the state back as of the last change delivered. Input read again after that is
+dropped where the state counted it already (the meter by event id at its offset, the
+budgets by watermark) and counted where it did not.
 
-The changelog is compacted on Kafka, so a restore reads about one record per key. A
+On Kafka the changelog is compacted: a restore reads about one record per key still
+live (the budgets' subjects; the meter's batches of ids within the dedupe window). A
 restore reads up to the high watermark its fetches report, not to what ``end_offsets``
 answers: the embedded broker answers ListOffsets with the start of a partition's last
 record batch plus one, which left the rest of that batch, the newest changes, unread.

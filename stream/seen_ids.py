@@ -9,6 +9,7 @@ restarts. Entries older than the window are deleted.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Iterable
 
 from stream.changelog import ChangelogTable
@@ -22,7 +23,7 @@ class SeenIds:
         self.table = table
         self.window_s = window_s
         self._index: dict[int, dict[bytes, int]] = {}
-        self._batches: dict[int, list[tuple[float, bytes]]] = {}
+        self._batches: dict[int, deque[tuple[float, bytes]]] = {}
 
     def first_offset(self, partition: int, event_id: bytes) -> int | None:
         """The offset ``event_id`` was first metered at in ``partition``, if it was."""
@@ -37,7 +38,7 @@ class SeenIds:
         self.table.set(
             partition, key, _HEADER.pack(now_s) + b"".join(_ENTRY.pack(i, o) for i, o in entries)
         )
-        self._batches.setdefault(partition, []).append((now_s, key))
+        self._batches.setdefault(partition, deque()).append((now_s, key))
         index = self._index.setdefault(partition, {})
         for event_id, offset in entries:
             index.setdefault(event_id, offset)
@@ -48,7 +49,7 @@ class SeenIds:
         for partition, batches in self._batches.items():
             index = self._index.get(partition, {})
             while batches and batches[0][0] < now_s - self.window_s:
-                _, key = batches.pop(0)
+                _, key = batches.popleft()
                 value = self.table.get(partition, key)
                 self.table.delete(partition, key)
                 deleted += 1
@@ -68,7 +69,7 @@ class SeenIds:
                     index.setdefault(event_id, offset)
             batches.sort()
             self._index[partition] = index
-            self._batches[partition] = batches
+            self._batches[partition] = deque(batches)
 
     def drop(self, partitions: Iterable[int]) -> None:
         partitions = set(partitions)

@@ -9,15 +9,24 @@ changelog (``stream.changelog``) were delivered: at least once in, and both stag
 second count, so exactly once in effect.
 
 Each partition is taken in offset order, none left out: the loop knows the next offset of
-each partition it owns (from the group's committed offset when it was assigned), drops
+each partition it owns (from the group's committed offset when it was taken over), drops
 records before it (read again after a seek) and, should a record come past it, seeks back
 to the missing one instead of going on. Only records the log no longer holds (removed by
-retention before they were read) are passed over, with an error logged.
+retention before they were read), or offsets that never come after a few tries, are
+passed over, with an error logged.
 
 Rebalances: a revocation waits for the batch under way and its commit, then the stage
-lets the partitions' state go; an assignment restores their state before the first
-record of theirs is read. A batch whose processing fails makes every partition start over:
-its state restored from the changelog, its position from the committed offset.
+lets the partitions' state go. An assignment only notes the partitions: the loop then
+restores their state and positions them at the committed offsets before it takes a
+record of theirs, tried again until it works. (aiokafka sends no heartbeats while its
+rebalance listener runs, and ignores what the listener raises: a restore there could
+cost the membership, or fail unseen.) A batch whose processing fails makes every
+partition start over the same way.
+
+What this cannot fence off is a member that stalls past its session timeout in the
+middle of a batch: the group gives its partitions to another worker without a
+revocation, and the writes it makes when it wakes up land late. Kafka Streams fences
+those with transactions, which the embedded broker does not have.
 """
 
 from __future__ import annotations
@@ -25,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -42,6 +50,9 @@ Records = list[ConsumerRecord[bytes, bytes]]
 
 POLL_MS = 100
 RETRY_AFTER_FAILURE_S = 1.0
+SEEKS_BEFORE_PASSING_OVER = 3
+"""Seeks back to the same missing offset before the offsets that never come are passed
+over (a log with holes would otherwise hold its partition still for ever)."""
 _FETCH_BYTES = 4 << 20
 
 
@@ -84,7 +95,11 @@ class StageConsumer:
         self._tick_every_s = tick_every_s
         self._skipped = skipped
         self._next: dict[int, int] = {}
-        """Per owned partition, the offset of the next record to process."""
+        """Per partition taken over, the offset of the next record to process."""
+        self._waiting: set[int] = set()
+        """Partitions assigned but not taken over yet: state restored, position set."""
+        self._seeks: dict[int, tuple[int, int]] = {}
+        """Per partition, the offset last sought back to and how many times in a row."""
         self._lock = asyncio.Lock()
 
     @property
@@ -98,11 +113,14 @@ class StageConsumer:
             group_id=self.group_id,
             max_partition_fetch_bytes=_FETCH_BYTES,
         )
-        consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
         await consumer.start()
         try:
             next_tick = time.monotonic() + self._tick_every_s
             while not stop.is_set():
+                if self._waiting:
+                    async with self._lock:
+                        await self._take_over(consumer)
                 batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=self._batch_max)
                 async with self._lock:
                     records = await self._in_order(consumer, batches)
@@ -119,8 +137,8 @@ class StageConsumer:
             await self.stage.process(records)
         except Exception:
             log.exception("%s: a batch failed; every partition starts over", self.topic)
+            self._start_over()
             await asyncio.sleep(RETRY_AFTER_FAILURE_S)
-            await self._start_over(consumer)
             return
         ends: dict[TopicPartition, int] = {}
         for record in records:
@@ -132,7 +150,7 @@ class StageConsumer:
             await self.stage.tick(self.partitions)
         except Exception:
             log.exception("%s: periodic work failed; every partition starts over", self.topic)
-            await self._start_over(consumer)
+            self._start_over()
 
     async def _in_order(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, Records]
@@ -151,7 +169,7 @@ class StageConsumer:
                 end += 1
             if end < len(records):  # a record came past a missing one
                 missing = expected + (end - start)
-                if not await self._passed_by_retention(consumer, tp, missing):
+                if not await self._passed_over(consumer, tp, missing, records[end].offset):
                     self._seek(consumer, tp, missing, records[end].offset)
                     taken += records[start:end]
                     if end > start:
@@ -161,6 +179,9 @@ class StageConsumer:
             taken += records[start:end]
             if end > start:
                 self._next[tp.partition] = records[end - 1].offset + 1
+        for partition, (sought, _) in list(self._seeks.items()):
+            if sought < self._next.get(partition, sought):  # it came after all
+                del self._seeks[partition]
         return taken
 
     def _seek(self, consumer: AIOKafkaConsumer, tp: TopicPartition, missing: int, got: int) -> None:
@@ -174,76 +195,99 @@ class StageConsumer:
         )
         if self._skipped is not None:
             self._skipped.inc()
+        sought, times = self._seeks.get(tp.partition, (missing, 0))
+        self._seeks[tp.partition] = (missing, times + 1 if sought == missing else 1)
         consumer.seek(tp, missing)
 
-    async def _passed_by_retention(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, missing: int
+    async def _passed_over(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, missing: int, got: int
     ) -> bool:
-        start = (await consumer.beginning_offsets([tp]))[tp]
-        if start <= missing:
-            return False
+        """Whether the offsets from ``missing`` to ``got`` are gone for good: removed by
+        retention, or still missing after a few seeks back."""
+        sought, times = self._seeks.get(tp.partition, (None, 0))
+        if sought == missing and times >= SEEKS_BEFORE_PASSING_OVER:
+            why = f"never came in {times} reads"
+        else:
+            try:
+                start = (await consumer.beginning_offsets([tp]))[tp]
+            except KafkaError as error:
+                log.warning("%s: where the log starts is unknown (%s)", self.topic, error)
+                return False
+            if start <= missing:
+                return False
+            why = "were removed from the log before they were processed"
         log.error(
-            "%s[%d]: offsets %d to %d were removed from the log before they were processed",
+            "%s[%d]: offsets %d to %d %s; going on without them",
             self.topic,
             tp.partition,
             missing,
-            start - 1,
+            got - 1,
+            why,
         )
+        self._seeks.pop(tp.partition, None)
         return True
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as error:
-            # The group moved on: the next owner reads these again, and drops what counted.
+            # Not committed (the group moved on, or the broker refused): whoever reads these
+            # again drops what the state counted already.
             log.info("%s: commit skipped (%s)", self.topic, error)
 
-    async def _start_over(self, consumer: AIOKafkaConsumer) -> None:
-        """Every owned partition from its committed offset, its state restored; tried
-        until it works (the broker may be away for a while)."""
+    def _start_over(self) -> None:
+        """Every partition taken over again: its state restored from the changelog, its
+        position from the committed offset (by the loop, before it reads on)."""
         partitions = self.partitions
-        while True:
-            self.stage.let_go(partitions)
-            try:
-                await self._resume(consumer, [TopicPartition(self.topic, p) for p in partitions])
-                return
-            except Exception:
-                log.exception("%s: starting over failed; trying again", self.topic)
-                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+        self.stage.let_go(partitions)
+        self._next.clear()
+        self._waiting |= partitions
 
-    async def _resume(self, consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> None:
-        """Position ``tps`` at the group's committed offsets, with their state restored."""
-        tps = sorted(tps)
-        if not tps:
+    async def _take_over(self, consumer: AIOKafkaConsumer) -> None:
+        """Restore and position the partitions waiting; on a failure, try again later."""
+        partitions = set(self._waiting)
+        try:
+            await self.stage.take_over(partitions)
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            starts = await consumer.beginning_offsets(tps)
+            offsets: dict[TopicPartition, int] = {}
+            for tp in tps:
+                committed = await consumer.committed(tp)
+                offsets[tp] = (
+                    starts[tp] if committed is None or committed < starts[tp] else committed
+                )
+        except Exception:
+            log.exception(
+                "%s: taking partitions %s over failed; trying again", self.topic, sorted(partitions)
+            )
+            self.stage.let_go(partitions)
+            await asyncio.sleep(RETRY_AFTER_FAILURE_S)
             return
-        starts = await consumer.beginning_offsets(tps)
-        for tp in tps:
-            committed = await consumer.committed(tp)
-            offset = starts[tp] if committed is None or committed < starts[tp] else committed
+        for tp, offset in offsets.items():
             consumer.seek(tp, offset)
             self._next[tp.partition] = offset
-        await self.stage.take_over({tp.partition for tp in tps})
+        self._waiting -= partitions
+        log.info("%s: took partitions %s", self.topic, sorted(self._next))
 
     async def revoked(self, tps: set[TopicPartition]) -> None:
         async with self._lock:  # the batch under way is finished and committed first
             partitions = {tp.partition for tp in tps if tp.topic == self.topic}
             for partition in partitions:
                 self._next.pop(partition, None)
+                self._seeks.pop(partition, None)
+            self._waiting -= partitions
             self.stage.let_go(partitions)
 
-    async def assigned(self, consumer: AIOKafkaConsumer, tps: set[TopicPartition]) -> None:
-        async with self._lock:
-            await self._resume(consumer, [tp for tp in tps if tp.topic == self.topic])
-            log.info("%s: took partitions %s", self.topic, sorted(self._next))
+    def assigned(self, tps: set[TopicPartition]) -> None:
+        self._waiting |= {tp.partition for tp in tps if tp.topic == self.topic}
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: StageConsumer, consumer: AIOKafkaConsumer) -> None:
+    def __init__(self, owner: StageConsumer) -> None:
         self.owner = owner
-        self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self.owner.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.owner.assigned(self.consumer, assigned)
+        self.owner.assigned(assigned)

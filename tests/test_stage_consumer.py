@@ -57,10 +57,14 @@ class _Counting:
         self.table = ChangelogTable(topics.budget_subjects, kafka, broker)
         self.seen: list[tuple[int, int]] = []
         self.fail_at: int | None = None
+        self.fail_take_overs = 0
         self.restores = 0
 
     async def take_over(self, partitions: set[int]) -> None:
         await self.table.restore(partitions)
+        if self.fail_take_overs:
+            self.fail_take_overs -= 1
+            raise ConnectionError("the broker went away while restoring")
         self.restores += 1
 
     def let_go(self, partitions: set[int]) -> None:
@@ -111,6 +115,7 @@ async def test_a_stage_counts_each_record_once_commits_and_starts_over_after_a_f
         await sender.producer.stop()
 
     assert stage.restores == 2  # once when assigned, once to start over
+    assert stage.seen[0] == (0, 0)
     failed = stage.seen.index((0, 25))
     assert [offset for _, offset in stage.seen[: failed + 1]] == list(range(26))
     # Then from the committed offset (the failed batch's start), in order, none left out;
@@ -126,6 +131,30 @@ async def test_a_stage_counts_each_record_once_commits_and_starts_over_after_a_f
     finally:
         await admin_view.stop()
     assert committed == 41
+
+
+async def test_a_take_over_that_fails_is_tried_again_and_nothing_is_read_before_it_works(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics
+) -> None:
+    sender = await _sender(kafka_settings, broker)
+    await delivered(await sender.send_to(topics.usage, [(2, b"k", b"%d" % v) for v in (5, 7)]))
+    stage = _Counting(kafka_settings, broker, topics, sender)
+    stage.fail_take_overs = 2
+    consumer = StageConsumer(
+        stage, topics.usage, f"{topics.prefix}retry-test", kafka_settings, broker,
+        batch_max=10, tick_every_s=1.0,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await _until(lambda: stage.table.get(2, b"sum") == b"12")
+    finally:
+        stop.set()
+        await task
+        await sender.producer.stop()
+    assert stage.fail_take_overs == 0
+    assert stage.restores == 1
+    assert stage.seen == [(2, 0), (2, 1)]
 
 
 async def test_a_record_past_a_missing_offset_makes_the_partition_read_again_from_it(
@@ -162,5 +191,14 @@ async def test_a_record_past_a_missing_offset_makes_the_partition_read_again_fro
         again = await consumer.getmany(tp, timeout_ms=5000)
         taken = await stage_consumer._in_order(consumer, again)
         assert [r.offset for r in taken] == [3, 4, 5]
+
+        # Offsets that never come (a log with a hole) hold the partition a few reads, no more.
+        stage_consumer._next[1] = 3
+        for _ in range(3):
+            assert await stage_consumer._in_order(consumer, {tp: [record(5)]}) == []
+            assert await consumer.position(tp) == 3
+        taken = await stage_consumer._in_order(consumer, {tp: [record(5)]})
+        assert [r.offset for r in taken] == [5]
+        assert stage_consumer._next[1] == 6
     finally:
         await consumer.stop()
