@@ -30,9 +30,9 @@ import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.anomaly import AnomalyConfig, AnomalyDetector
+from stream.budget_batches import BudgetBatches
 from stream.budget_definitions import BudgetIndex, load_budgets
 from stream.budget_engine import SubjectState
-from stream.budget_keeper import BudgetKeeper
 from stream.budget_stage import BudgetStage
 from stream.changelog import ChangelogTable
 from stream.faust_options import faust_options
@@ -45,7 +45,7 @@ from stream.seen_ids import SeenIds
 from stream.stage_consumer import Stage, StageConsumer
 from stream.webhooks import WebhookSender, load_webhook_targets
 from tollgate.contract import Alert, BudgetDefinition, decode
-from tollgate.kafka import client_options, producer_options
+from tollgate.kafka import client_options, producer_options, read_to_high_watermark
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
 
@@ -71,7 +71,7 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     budgets = BudgetIndex(
         load_budgets(settings.stream.budgets_file) if settings.stream.budgets_file else ()
     )
-    stage = BudgetStage(budgets)
+    batches = BudgetBatches(budgets)
     detector = AnomalyDetector(
         AnomalyConfig(
             bucket_s=settings.stream.anomaly_bucket_s,
@@ -90,7 +90,7 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
     @app.task
     async def seed_budgets_from_the_lake() -> None:
         try:
-            stage.seeds.update(
+            batches.seeds.update(
                 await _lake_seeds(settings, bootstrap_servers, topics.usage, budgets)
             )
         finally:
@@ -139,7 +139,9 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
                 metrics,
                 topics,
             )
-            keeper = BudgetKeeper(stage, table(topics.budget_subjects), sender, metrics, topics)
+            budget_stage = BudgetStage(
+                batches, table(topics.budget_subjects), sender, metrics, topics
+            )
 
             def consumer(work: Stage, topic: str, name: str) -> StageConsumer:
                 return StageConsumer(
@@ -154,7 +156,7 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
                 )
 
             metering = consumer(meter, topics.usage, "meter")
-            keeping = consumer(keeper, topics.budget_contributions, "budgets")
+            keeping = consumer(budget_stage, topics.budget_contributions, "budgets")
 
             async def keep_budgets() -> None:
                 await seeded.wait()
@@ -277,7 +279,7 @@ async def _follow_definitions(
             for records in (await consumer.getmany(timeout_ms=1000)).values():
                 for record in records:
                     _apply_definition(budgets, record.key, record.value, record.offset)
-            if not read.is_set() and await _at_end(consumer):
+            if not read.is_set() and await read_to_high_watermark(consumer):
                 read.set()
     finally:
         await consumer.stop()
@@ -293,13 +295,3 @@ def _apply_definition(
         budgets.apply_definition(decode(value, BudgetDefinition))
     except Exception as error:
         log.warning("budget definition at offset %s refused: %s", at, error)
-
-
-async def _at_end(consumer: AIOKafkaConsumer) -> bool:
-    """Whether every assigned partition is read to the high watermark its fetches report."""
-    assigned = consumer.assignment()
-    for tp in assigned:
-        end = consumer.highwater(tp)
-        if end is None or await consumer.position(tp) < end:
-            return False
-    return bool(assigned)

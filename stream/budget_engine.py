@@ -11,7 +11,7 @@ the watermarks are published as ``BudgetState.as_of_offsets``.
 
 Everything is a pure function of its arguments and ``now``: no clock is read, so a replay
 with the same inputs gives the same states. Money is ``Decimal`` throughout. What drives
-this (``stream.budget_stage`` groups contributions by key, ``stream.budget_keeper`` stores
+this (``stream.budget_batches`` groups contributions by key, ``stream.budget_stage`` stores
 states in a changelog table and publishes ``to_budget_state`` and alerts) lives
 elsewhere; nothing here does I/O.
 """

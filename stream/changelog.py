@@ -11,9 +11,8 @@ budgets by watermark) and counted where it did not.
 
 On Kafka the changelog is compacted: a restore reads about one record per key still
 live (the budgets' subjects; the meter's batches of ids within the dedupe window). A
-restore reads up to the high watermark its fetches report, not to what ``end_offsets``
-answers: the embedded broker answers ListOffsets with the start of a partition's last
-record batch plus one, which left the rest of that batch, the newest changes, unread.
+restore reads to the high watermark its fetches report
+(``tollgate.kafka.read_to_high_watermark`` says why not to ``end_offsets``).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.record_sender import RecordSender
-from tollgate.kafka import client_options
+from tollgate.kafka import client_options, read_to_high_watermark
 from tollgate.settings import KafkaSettings
 
 RESTORE_TIMEOUT_S = 120.0
@@ -98,11 +97,10 @@ class ChangelogTable:
                 self._partitions[tp.partition] = {}
             read = 0
             deadline = time.monotonic() + RESTORE_TIMEOUT_S
-            waiting = set(tps)
-            while waiting:
+            while not await read_to_high_watermark(consumer):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.topic}: restoring {sorted(waiting)} timed out")
-                batches = await consumer.getmany(*waiting, timeout_ms=500, max_records=_READ_MAX)
+                    raise TimeoutError(f"{self.topic}: restoring {wanted} timed out")
+                batches = await consumer.getmany(timeout_ms=500, max_records=_READ_MAX)
                 for tp, records in batches.items():
                     state = self._partitions[tp.partition]
                     for record in records:
@@ -111,10 +109,6 @@ class ChangelogTable:
                         else:
                             state[record.key] = record.value
                     read += len(records)
-                for tp in list(waiting):
-                    end = consumer.highwater(tp)  # not end_offsets(): see the module's note
-                    if end is not None and await consumer.position(tp) >= end:
-                        waiting.discard(tp)
             return read
         finally:
             await consumer.stop()

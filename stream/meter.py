@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from stream.budget_definitions import BudgetIndex, SubjectMatch
 from stream.budget_engine import budget_tokens
@@ -24,15 +25,17 @@ from tollgate.errors import ContractError
 from tollgate.pricing import PriceCatalog
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
-    """One record read from the usage topic."""
+class UsageRecord(Protocol):
+    """One record read from the usage topic (an aiokafka ``ConsumerRecord`` is one)."""
 
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_s: float
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)

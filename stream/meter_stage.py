@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from stream.anomaly import AnomalyDetector
-from stream.meter import Meter, UsageRecord
+from stream.meter import Meter
 from stream.metrics import StreamMetrics
 from stream.record_sender import RecordSender, delivered
 from stream.seen_ids import SeenIds
@@ -51,10 +51,7 @@ class MeterStage:
         self.seen_ids.drop(partitions)
 
     async def process(self, records: Records) -> None:
-        taken = [
-            UsageRecord(r.partition, r.offset, r.key, r.value, r.timestamp / 1000) for r in records
-        ]
-        out = self.meter.process(taken, self.seen_ids.first_offset)
+        out = self.meter.process(records, self.seen_ids.first_offset)
         now_s = time.time()
         for partition, entries in out.seen.items():
             self.seen_ids.record(partition, entries, now_s)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from stream.budget_stage import BudgetOutput
+from stream.budget_batches import BudgetOutput
 from stream.meter import MeterOutput
 from tollgate.contract import Alert
 

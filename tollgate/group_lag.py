@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tollgate.group_offsets import resume_offsets
 from tollgate.kafka import client_options
 from tollgate.settings import KafkaSettings
 
@@ -48,7 +47,7 @@ async def group_lag(
             if not partitions:
                 await asyncio.sleep(0)  # aiokafka's stop() right after start() cancels itself
                 return dict.fromkeys(topics, 0)
-            done = await resume_offsets(admin, consumer, group_id, partitions)
+            done = await _resume_offsets(admin, consumer, group_id, partitions)
             consumer.assign(partitions)
             for tp in partitions:
                 consumer.seek(tp, done[tp])
@@ -64,3 +63,19 @@ async def group_lag(
     for tp in partitions:
         lag[tp.topic] += max(ends[tp] - done[tp], 0)
     return lag
+
+
+async def _resume_offsets(
+    admin: AIOKafkaAdminClient,
+    consumer: AIOKafkaConsumer,
+    group_id: str,
+    partitions: Sequence[TopicPartition],
+) -> dict[TopicPartition, int]:
+    """Per partition, the offset ``group_id`` reads next, with started clients."""
+    committed = await admin.list_consumer_group_offsets(group_id, partitions=list(partitions))
+    starts = await consumer.beginning_offsets(list(partitions))
+    resume = {}
+    for tp in partitions:
+        meta = committed.get(tp)
+        resume[tp] = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
+    return resume

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
+
 from tollgate.settings import KafkaSettings
 
 
@@ -49,3 +51,19 @@ def consumer_options(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, 
         "enable_auto_commit": False,
         "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
     }
+
+
+async def read_to_high_watermark(consumer: AIOKafkaConsumer) -> bool:
+    """Whether every partition ``consumer`` is assigned has been read up to the high
+    watermark its fetches report.
+
+    Not ``end_offsets()``: the embedded broker answers ListOffsets with the start of a
+    partition's last record batch plus one, and reading up to that leaves the rest of
+    the batch, the newest records, unread.
+    """
+    assigned = consumer.assignment()
+    for tp in assigned:
+        end = consumer.highwater(tp)
+        if end is None or await consumer.position(tp) < end:
+            return False
+    return bool(assigned)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from stream.budget_batches import BudgetBatches, ContributionRecord, TableKey
 from stream.budget_definitions import BudgetIndex
-from stream.budget_stage import BudgetStage, ContributionRecord, TableKey
 from stream.contribution_batch import ContributionBatch, Entry, encode_batch
 from tests.factories import make_budget
 from tollgate.contract import BudgetState, BudgetWindow, Dimension, WindowKind, decode
@@ -48,7 +48,7 @@ def batch(offsets: range, partition: int = 0, tokens: int = 1000) -> Contributio
 
 
 def test_a_batch_is_applied_once_and_published_and_a_replay_changes_nothing() -> None:
-    stage = BudgetStage(index())
+    stage = BudgetBatches(index())
     table: dict[TableKey, bytes] = {}
     out = stage.process([batch(range(0, 4))], table.get, NOW)
     table.update(out.writes)
@@ -65,7 +65,7 @@ def test_a_batch_is_applied_once_and_published_and_a_replay_changes_nothing() ->
 
 
 def test_an_idle_subject_is_deleted_with_a_tombstone_and_a_live_one_kept() -> None:
-    stage = BudgetStage(index())
+    stage = BudgetBatches(index())
     table: dict[TableKey, bytes] = {}
     table.update(stage.process([batch(range(0, 2))], table.get, NOW).writes)
     writes, states = stage.expire(list(table.items()), NOW + timedelta(minutes=10))
@@ -77,7 +77,7 @@ def test_an_idle_subject_is_deleted_with_a_tombstone_and_a_live_one_kept() -> No
 
 def test_subjects_of_a_retired_budget_are_deleted() -> None:
     budgets = index()
-    stage = BudgetStage(budgets)
+    stage = BudgetBatches(budgets)
     table: dict[TableKey, bytes] = {}
     table.update(stage.process([batch(range(0, 2))], table.get, NOW).writes)
     budgets.remove("acme-hour")
