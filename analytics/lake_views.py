@@ -34,6 +34,8 @@ MONEY_COLUMNS = (
     "cost_usd",
     "price_version",
     "price_fallback",
+    "list_cost_usd",
+    "contract_version",
 )
 """What ``usage`` leaves out of ``priced_usage``."""
 _PICO = Decimal("1e-12")
@@ -103,6 +105,7 @@ def price_table(catalog: PriceCatalog) -> pa.Table:
             "cache_creation_usd": _per_token(price.per_token[2]),
             "output_usd": _per_token(price.per_token[3]),
             "reasoning_usd": _per_token(price.per_token[4]),
+            "cache_creation_1h_usd": _per_token(price.cache_creation_1h_per_token),
             "per_request_usd": _per_token(price.request_usd),
         }
         for version, (price, fallback) in entries.items()
@@ -127,6 +130,7 @@ _RATE_COLUMNS = (
     "cache_creation_usd",
     "output_usd",
     "reasoning_usd",
+    "cache_creation_1h_usd",
     "per_request_usd",
 )
 

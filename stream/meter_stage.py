@@ -19,6 +19,7 @@ from stream.record_sender import RecordSender, delivered
 from stream.seen_ids import SeenIds
 from stream.spend_batch import spends_per_minute
 from stream.stage_consumer import Records
+from stream.unpriced import UnpricedModels
 from tollgate.contract import Alert, encode
 from tollgate.topics import Topics
 
@@ -42,6 +43,7 @@ class MeterStage:
         self.sender = sender
         self.metrics = metrics
         self.topics = topics
+        self.unpriced = UnpricedModels()
 
     async def take_over(self, partitions: set[int]) -> None:
         await self.seen_ids.table.restore(partitions)
@@ -76,6 +78,7 @@ class MeterStage:
         found: list[Alert] = []
         for spend in spends_per_minute(out.priced_events, self.detector.config.bucket_s):
             found += self.detector.observe(spend)  # type: ignore[arg-type]
+        found += self.unpriced.observe(out.priced_events)
         await self._publish(found)
 
     async def tick(self, partitions: set[int]) -> None:

@@ -114,6 +114,7 @@ class _PricedWire(
     duration_ms: Milliseconds
     ttft_ms: Milliseconds | None = None
     streamed: bool = False
+    cache_creation_1h_input_tokens: NonNegativeInt = 0
     input_cost_usd: str = _ZERO
     cache_read_cost_usd: str = _ZERO
     cache_creation_cost_usd: str = _ZERO
@@ -122,6 +123,8 @@ class _PricedWire(
     cost_usd: str = _ZERO
     price_version: Name
     price_fallback: bool = False
+    list_cost_usd: str | None = None
+    contract_version: Name | None = None
 
 
 class _Unversioned(msgspec.Struct, tag_field="schema_version", tag=0):
@@ -248,6 +251,7 @@ def _valid(a: dict[str, pa.Array]) -> pa.Array:
             a["input_tokens"],
         ),
         pc.less_equal(a["reasoning_tokens"], a["output_tokens"]),
+        pc.less_equal(a["cache_creation_1h_input_tokens"], a["cache_creation_input_tokens"]),
         pc.or_(
             pc.invert(pc.is_in(a["status"], value_set=_REJECTED)),
             pc.equal(pc.add_checked(a["input_tokens"], a["output_tokens"]), 0),
@@ -257,6 +261,8 @@ def _valid(a: dict[str, pa.Array]) -> pa.Array:
     total = None
     for name in (*_COST_PARTS, "cost_usd"):
         checks.append(pc.greater_equal(a[name], zero))
+    listed = a["list_cost_usd"]
+    checks.append(pc.or_kleene(pc.is_null(listed), pc.greater_equal(listed, zero)))
     for name in _COST_PARTS:
         part = a[name].cast(_SUM)
         total = part if total is None else pc.add(total, part)

@@ -48,6 +48,7 @@ _KIND_TITLE = {
     AlertKind.BUDGET_THRESHOLD: "Budget threshold",
     AlertKind.COST_ANOMALY: "Cost anomaly",
     AlertKind.NEW_SPENDER: "New spender",
+    AlertKind.UNPRICED_MODEL: "Model priced at the fallback",
 }
 
 

@@ -40,6 +40,9 @@ Schema decisions (``PRICED_SCHEMA``):
   what an integer code would, and readers see plain, stable strings.
 - ``tags`` is a ``map<string, string>``: typed, and DuckDB reads it as ``tags['env']``
   without parsing JSON. An event without tags has an empty map.
+- Added later, so null in older files (and read as the contract's defaults):
+  ``cache_creation_1h_input_tokens`` (0), ``list_cost_usd`` (the list cost; null in older
+  files, where it equals ``cost_usd``) and ``contract_version`` (null: list price).
 - Lineage columns ``_topic``, ``_partition``, ``_offset`` say where in the priced topic the
   row came from (null when unknown): what makes exactly-once writes by offset range
   checkable.
@@ -113,6 +116,7 @@ PRICED_SCHEMA = pa.schema(
         pa.field("duration_ms", pa.float64(), nullable=False),
         pa.field("ttft_ms", pa.float64()),
         pa.field("streamed", pa.bool_(), nullable=False),
+        pa.field("cache_creation_1h_input_tokens", pa.int64()),
         pa.field("input_cost_usd", MONEY, nullable=False),
         pa.field("cache_read_cost_usd", MONEY, nullable=False),
         pa.field("cache_creation_cost_usd", MONEY, nullable=False),
@@ -121,6 +125,8 @@ PRICED_SCHEMA = pa.schema(
         pa.field("cost_usd", MONEY, nullable=False),
         pa.field("price_version", pa.string(), nullable=False),
         pa.field("price_fallback", pa.bool_(), nullable=False),
+        pa.field("list_cost_usd", MONEY),
+        pa.field("contract_version", pa.string()),
         pa.field("_topic", pa.string()),
         pa.field("_partition", pa.int32()),
         pa.field("_offset", pa.int64()),

@@ -20,6 +20,8 @@ class AlertKind(StrEnum):
     """A subject's cost rate left its learned baseline."""
     NEW_SPENDER = "new_spender"
     """A key or model never seen before appeared with high spend."""
+    UNPRICED_MODEL = "unpriced_model"
+    """A model not in the price catalog was priced at the fallback price."""
 
 
 class Severity(StrEnum):

@@ -32,6 +32,13 @@ class PricedEvent(UsageEvent, tag=1, kw_only=True):
     """The catalog entry that priced this event, so history can be re-priced."""
     price_fallback: bool = False
     """True when the model was not in the catalog and the fallback price was used."""
+    list_cost_usd: Decimal | None = None
+    """What the call cost at the list price ``price_version`` names. Equal to ``cost_usd``
+    unless a negotiated price applied; None on records written before the field existed
+    (they were all priced at list)."""
+    contract_version: Name | None = None
+    """The negotiated price that priced the parts and ``cost_usd`` (``contract/...@date``),
+    or None when the list price did."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -45,6 +52,7 @@ class PricedEvent(UsageEvent, tag=1, kw_only=True):
         }
         for field, value in parts.items():
             require_non_negative_usd(self, field, value)
+        require_non_negative_usd(self, "list_cost_usd", self.list_cost_usd)
         total = sum(value for field, value in parts.items() if field != "cost_usd")
         if total != self.cost_usd:
             invalid(self, "cost_usd", f"is {self.cost_usd} but its parts add up to {total}")
@@ -61,9 +69,19 @@ class PricedEvent(UsageEvent, tag=1, kw_only=True):
         request_cost_usd: Decimal,
         price_version: str,
         price_fallback: bool = False,
+        list_cost_usd: Decimal | None = None,
+        contract_version: str | None = None,
     ) -> PricedEvent:
-        """Price ``usage``; ``cost_usd`` is computed here so it always equals its parts."""
+        """Price ``usage``; ``cost_usd`` is computed here so it always equals its parts, and
+        ``list_cost_usd`` defaults to it (no negotiated price)."""
         fields = {f: getattr(usage, f) for f in UsageEvent.__struct_fields__}
+        cost_usd = (
+            input_cost_usd
+            + cache_read_cost_usd
+            + cache_creation_cost_usd
+            + output_cost_usd
+            + request_cost_usd
+        )
         return cls(
             **fields,
             input_cost_usd=input_cost_usd,
@@ -71,13 +89,9 @@ class PricedEvent(UsageEvent, tag=1, kw_only=True):
             cache_creation_cost_usd=cache_creation_cost_usd,
             output_cost_usd=output_cost_usd,
             request_cost_usd=request_cost_usd,
-            cost_usd=(
-                input_cost_usd
-                + cache_read_cost_usd
-                + cache_creation_cost_usd
-                + output_cost_usd
-                + request_cost_usd
-            ),
+            cost_usd=cost_usd,
             price_version=price_version,
             price_fallback=price_fallback,
+            list_cost_usd=cost_usd if list_cost_usd is None else list_cost_usd,
+            contract_version=contract_version,
         )

@@ -114,6 +114,10 @@ class UsageEvent(Record, tag=1, kw_only=True):
     ttft_ms: Milliseconds | None = None
     """Time to first token, for streamed calls."""
     streamed: bool = False
+    cache_creation_1h_input_tokens: NonNegativeInt = 0
+    """The part of ``cache_creation_input_tokens`` written to the cache for one hour
+    (Anthropic bills it at 2x input, the 5-minute writes at 1.25x). Records written
+    before the field existed read as 0: all their writes were priced as 5-minute ones."""
 
     def __post_init__(self) -> None:
         if self.event_id.version != 7:
@@ -129,6 +133,13 @@ class UsageEvent(Record, tag=1, kw_only=True):
                 "cache_read_input_tokens",
                 f"cached tokens ({cached}) exceed input_tokens ({self.input_tokens}); "
                 "input_tokens includes cached tokens",
+            )
+        if self.cache_creation_1h_input_tokens > self.cache_creation_input_tokens:
+            invalid(
+                self,
+                "cache_creation_1h_input_tokens",
+                f"({self.cache_creation_1h_input_tokens}) exceed cache_creation_input_tokens "
+                f"({self.cache_creation_input_tokens}), which include them",
             )
         if self.reasoning_tokens > self.output_tokens:
             invalid(

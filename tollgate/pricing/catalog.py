@@ -16,9 +16,12 @@ from itertools import pairwise
 from tollgate.contract.priced import PricedEvent
 from tollgate.contract.usage import UsageEvent
 from tollgate.errors import SettingsError
+from tollgate.pricing.contracts import ContractPrice, Contracts
 from tollgate.pricing.cost import apply_price
 from tollgate.pricing.model_price import AZURE_OPENAI, NO_MODEL, OPENAI, ModelPrice, PriceMatch
 
+_SNAPSHOT_DATE = re.compile(r"-(\d{4})-?(\d{2})-?(\d{2})$")
+"""The date of a dated model id: ``-2024-08-06`` or ``-20250514``."""
 _MODEL_SUFFIX = re.compile(
     r"-(?:"
     r"\d{4}-\d{2}-\d{2}"  # gpt-4o-2024-08-06
@@ -41,10 +44,41 @@ def strip_model_suffix(model: str) -> str:
     return _MODEL_SUFFIX.sub("", model, count=1)
 
 
+def snapshot_date(model: str) -> date | None:
+    """The date in a dated model id (``gpt-4o-2024-05-13`` -> 2024-05-13), else None."""
+    found = _SNAPSHOT_DATE.search(model)
+    if found is None:
+        return None
+    try:
+        return date(*(int(part) for part in found.groups()))
+    except ValueError:
+        return None
+
+
+def family_covers(model: str, family: tuple[ModelPrice, ...]) -> bool:
+    """May the dated (or ``-latest``) id ``model`` be priced as its family?
+
+    Only when the family's prices began on or before the snapshot's date: an older
+    snapshot may have had its own, higher, price (``gpt-4o-2024-05-13`` is $5/$15 where
+    ``gpt-4o`` is $2.50/$10), so it needs an entry of its own or takes the fallback. A
+    ``-latest`` alias is the family itself; a month-and-day suffix (``gpt-4-0613``) says
+    no year, so it is never taken for its family.
+    """
+    if model.endswith("-latest"):
+        return True
+    taken = snapshot_date(model)
+    return taken is not None and bool(family) and family[0].effective_from <= taken
+
+
 class PriceCatalog:
     """Prices by (provider, model) over time, plus a fallback so no call goes unpriced."""
 
-    def __init__(self, prices: Iterable[ModelPrice], fallback: ModelPrice | None = None) -> None:
+    def __init__(
+        self,
+        prices: Iterable[ModelPrice],
+        fallback: ModelPrice | None = None,
+        contracts: Iterable[ContractPrice] = (),
+    ) -> None:
         grouped: dict[_Key, list[ModelPrice]] = {}
         for price in prices:
             grouped.setdefault((price.provider, price.model), []).append(price)
@@ -55,6 +89,7 @@ class PriceCatalog:
             if fallback is not None
             else PriceMatch(None, "none", True)
         )
+        self.contracts = Contracts(contracts)
         self._known: dict[tuple[str | None, str, date], PriceMatch | None] = {}
         self._by_event: dict[tuple[str, str | None, str | None, date], PriceMatch] = {}
 
@@ -73,7 +108,8 @@ class PriceCatalog:
         """The price of ``model`` at instant ``at``; the fallback when the model is unknown.
 
         Tries, in order: (provider, model), (any provider, model), OpenAI's price for an
-        Azure OpenAI call, then the same three with a date suffix stripped from the model.
+        Azure OpenAI call, then the same three with a date suffix stripped from the model,
+        where the family's prices cover the snapshot (``family_covers``).
         """
         return self._match_known(provider, model, _utc_day(at)) or self._fallback_match
 
@@ -91,8 +127,23 @@ class PriceCatalog:
         return found
 
     def price(self, event: UsageEvent) -> PricedEvent:
-        """``event`` with its cost, at the prices in force when it happened."""
+        """``event`` with its cost, at the prices in force when it happened: its list
+        price, or the negotiated price that covers it (the list cost kept beside it)."""
+        match = self.match(event)
+        return apply_price(event, match, self.contract(event, match))
+
+    def at_list(self, event: UsageEvent) -> PricedEvent:
+        """``event`` at its list price, whatever contract covers it."""
         return apply_price(event, self.match(event))
+
+    def contract(self, event: UsageEvent, match: PriceMatch) -> ContractPrice | None:
+        """The negotiated price for ``event`` (priced by ``match``), if one covers it."""
+        if not self.contracts or match.price is None:
+            return None
+        models = tuple(
+            m for m in (match.price.model, event.response_model, event.request_model) if m
+        )
+        return self.contracts.find(event.tenant, event.provider, models, _utc_day(event.time))
 
     def _match_event(self, event: UsageEvent, day: date) -> PriceMatch:
         models = [m for m in (event.response_model, event.request_model) if m is not None]
@@ -112,7 +163,10 @@ class PriceCatalog:
             pass
         found = None
         for candidate in _candidates(provider, model):
-            price = _effective(self._periods.get(candidate, ()), day)
+            periods = self._periods.get(candidate, ())
+            if candidate[1] != model and not family_covers(model, periods):
+                continue
+            price = _effective(periods, day)
             if price is not None:
                 found = PriceMatch(price, price.version, False)
                 break

@@ -16,8 +16,9 @@ import yaml
 
 from tollgate.errors import SettingsError
 from tollgate.pricing.catalog import PriceCatalog
+from tollgate.pricing.contracts import RATE_KINDS, ContractPrice
 from tollgate.pricing.litellm import load_litellm
-from tollgate.pricing.model_price import ModelPrice
+from tollgate.pricing.model_price import ModelPrice, PriceTier
 
 DEFAULT_PRICES = "default_prices.yaml"
 """The catalog shipped as package data of ``tollgate.pricing``."""
@@ -31,11 +32,28 @@ _PRICE_KEYS = frozenset(
         "output",
         "cache_read",
         "cache_creation",
+        "cache_creation_1h",
         "reasoning",
         "request_usd",
+        "tiers",
     }
 )
 _ENTRY_KEYS = _PRICE_KEYS | {"provider", "model", "aliases"}
+_TIER_KEYS = frozenset(
+    {
+        "above_input_tokens",
+        "input",
+        "output",
+        "cache_read",
+        "cache_creation",
+        "cache_creation_1h",
+        "reasoning",
+    }
+)
+_CONTRACT_KEYS = frozenset(
+    {"tenant", "provider", "model", "effective_from", "effective_to", "discount_pct", "request_usd"}
+    | set(RATE_KINDS)
+)
 
 
 class _PriceLoader(yaml.SafeLoader):
@@ -77,7 +95,7 @@ def read_catalog_yaml(text: str, *, source: str = "<yaml>") -> PriceCatalog:
         raise SettingsError(f"price catalog {source}: not valid YAML ({exc})") from exc
     if not isinstance(document, dict):
         raise SettingsError(f"price catalog {source}: expected a mapping with `prices`")
-    unknown = sorted(set(document) - {"prices", "fallback"})
+    unknown = sorted(set(document) - {"prices", "fallback", "contracts"})
     if unknown:
         raise SettingsError(f"price catalog {source}: unknown top-level key `{unknown[0]}`")
     entries = document.get("prices") or []
@@ -90,8 +108,13 @@ def read_catalog_yaml(text: str, *, source: str = "<yaml>") -> PriceCatalog:
             for price in _entry_prices(entry, f"prices[{index}]")
         ]
         fallback = document.get("fallback")
+        contracts = document.get("contracts") or []
+        if not isinstance(contracts, list):
+            raise SettingsError("`contracts` must be a list")
         return PriceCatalog(
-            prices, None if fallback is None else _fallback_price(fallback, "fallback")
+            prices,
+            None if fallback is None else _fallback_price(fallback, "fallback"),
+            [_contract(entry, f"contracts[{index}]") for index, entry in enumerate(contracts)],
         )
     except SettingsError as exc:
         raise SettingsError(f"price catalog {source}: {exc}") from exc
@@ -134,9 +157,43 @@ def _model_price(entry: dict[str, Any], *, provider: Any, model: str, where: str
         output=entry["output"],
         cache_read=entry.get("cache_read"),
         cache_creation=entry.get("cache_creation"),
+        cache_creation_1h=entry.get("cache_creation_1h"),
         reasoning=entry.get("reasoning"),
+        tiers=_tiers(entry.get("tiers"), where),
         request_usd=entry.get("request_usd", 0),
     )
+
+
+def _tiers(value: Any, where: str) -> tuple[PriceTier, ...]:
+    """``tiers: [{above_input_tokens: 200000, input: 6.00, ...}]``."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise SettingsError(f"{where}: `tiers` must be a list")
+    tiers = []
+    for index, tier in enumerate(value):
+        if not isinstance(tier, dict) or "above_input_tokens" not in tier:
+            raise SettingsError(f"{where}: tiers[{index}] needs `above_input_tokens`")
+        _refuse_unknown_keys(tier, _TIER_KEYS, f"{where} tiers[{index}]")
+        tiers.append(PriceTier(**tier))
+    return tuple(tiers)
+
+
+def _contract(entry: object, where: str) -> ContractPrice:
+    """One negotiated price; see ``tollgate.pricing.contracts``."""
+    if not isinstance(entry, dict):
+        raise SettingsError(f"{where}: expected a mapping, got {entry!r}")
+    _refuse_unknown_keys(entry, _CONTRACT_KEYS, where)
+    if entry.get("effective_from") is None:
+        raise SettingsError(f"{where}: `effective_from` is required")
+    name = "/".join(str(entry.get(k) or "*") for k in ("tenant", "provider", "model"))
+    fields = dict(entry)
+    for key in ("effective_from", "effective_to"):
+        fields[key] = _day(entry.get(key), key, f"contract {name}")
+    try:
+        return ContractPrice(**fields)
+    except SettingsError as exc:
+        raise SettingsError(f"{where}: {exc}") from exc
 
 
 def _day(value: Any, field: str, model: str) -> Any:

@@ -2,8 +2,12 @@
 
 Token counts follow OTel: ``input_tokens`` includes cache reads and cache writes, and
 ``output_tokens`` includes reasoning tokens, so each cached or reasoning token is priced
-once, at its own rate. Arithmetic is exact ``Decimal`` (USD per million / 1,000,000 x
-tokens) in a context that raises rather than round, so sums stay exact to the last digit.
+once, at its own rate; of the cache writes, the 1-hour ones are priced at their own rate.
+A call whose input is above a long-context tier's threshold is priced wholly at that
+tier. Arithmetic is exact ``Decimal`` (USD per million / 1,000,000 x tokens) in a context
+that raises rather than round, so sums stay exact to the last digit. Under a negotiated
+price each part is rounded once, half even, to the lake's 12 decimals (a discount of
+1/3 has no exact decimal); the list cost beside it stays exact.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ from decimal import Decimal
 
 from tollgate.contract.priced import ZERO_USD, PricedEvent
 from tollgate.contract.usage import Status, UsageEvent
-from tollgate.pricing.model_price import EXACT, PriceMatch
+from tollgate.pricing.contracts import ContractPrice, pico
+from tollgate.pricing.model_price import EXACT, PriceMatch, TokenRates
 
 
-def apply_price(event: UsageEvent, match: PriceMatch) -> PricedEvent:
-    """Price ``event`` with ``match``; without a price (no model, no fallback) it costs 0.
+def apply_price(
+    event: UsageEvent, match: PriceMatch, contract: ContractPrice | None = None
+) -> PricedEvent:
+    """Price ``event`` with ``match`` (and ``contract``, where one applies); without a
+    price (no model, no fallback) it costs 0.
 
     The per-call fee is charged only when the call reached the model: status ok, or
     tokens were used. Refused calls carry no tokens, so they cost nothing, yet they are
@@ -34,23 +42,47 @@ def apply_price(event: UsageEvent, match: PriceMatch) -> PricedEvent:
             price_version=match.version,
             price_fallback=match.fallback,
         )
-    input_rate, cache_read_rate, cache_creation_rate, output_rate, reasoning_rate = price.per_token
-    cache_read = event.cache_read_input_tokens
-    cache_creation = event.cache_creation_input_tokens
-    reasoning = event.reasoning_tokens
-    output_cost = _usd(output_rate, event.output_tokens - reasoning)
-    if reasoning:
-        output_cost = EXACT.add(output_cost, _usd(reasoning_rate, reasoning))
     reached_model = event.status == Status.OK or event.input_tokens or event.output_tokens
+    listed = price.rates_for(event.input_tokens)
+    fee = price.request_usd if reached_model else ZERO_USD
+    parts = _parts(event, listed)
+    list_cost = None
+    if contract is not None:
+        list_cost = EXACT.add(sum(parts, ZERO_USD), fee)
+        parts = tuple(pico(part) for part in _parts(event, contract.rates(listed)))
+        fee = pico(contract.fee(fee))
+    input_cost, cache_read_cost, cache_creation_cost, output_cost = parts
     return PricedEvent.from_usage(
         event,
-        input_cost_usd=_usd(input_rate, event.input_tokens - cache_read - cache_creation),
-        cache_read_cost_usd=_usd(cache_read_rate, cache_read),
-        cache_creation_cost_usd=_usd(cache_creation_rate, cache_creation),
+        input_cost_usd=input_cost,
+        cache_read_cost_usd=cache_read_cost,
+        cache_creation_cost_usd=cache_creation_cost,
         output_cost_usd=output_cost,
-        request_cost_usd=price.request_usd if reached_model else ZERO_USD,
+        request_cost_usd=fee,
         price_version=match.version,
         price_fallback=match.fallback,
+        list_cost_usd=list_cost,
+        contract_version=None if contract is None else contract.version,
+    )
+
+
+def _parts(event: UsageEvent, rates: TokenRates) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """Uncached input, cache reads, cache writes (5-minute and 1-hour), output."""
+    cache_read = event.cache_read_input_tokens
+    cache_creation = event.cache_creation_input_tokens
+    one_hour = event.cache_creation_1h_input_tokens
+    reasoning = event.reasoning_tokens
+    output_cost = _usd(rates.output, event.output_tokens - reasoning)
+    if reasoning:
+        output_cost = EXACT.add(output_cost, _usd(rates.reasoning, reasoning))
+    writes = _usd(rates.cache_creation, cache_creation - one_hour)
+    if one_hour:
+        writes = EXACT.add(writes, _usd(rates.cache_creation_1h, one_hour))
+    return (
+        _usd(rates.input, event.input_tokens - cache_read - cache_creation),
+        _usd(rates.cache_read, cache_read),
+        writes,
+        output_cost,
     )
 
 

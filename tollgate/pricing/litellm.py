@@ -8,6 +8,7 @@ file's text), never from its binary value, so ``2.5e-06`` becomes exactly ``2.5`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -16,7 +17,7 @@ from typing import Any
 
 from tollgate.errors import SettingsError
 from tollgate.pricing.catalog import PriceCatalog
-from tollgate.pricing.model_price import ANTHROPIC, AZURE_OPENAI, OPENAI, ModelPrice
+from tollgate.pricing.model_price import ANTHROPIC, AZURE_OPENAI, OPENAI, ModelPrice, PriceTier
 
 EPOCH = date(1970, 1, 1)
 SOURCE = "litellm"
@@ -30,8 +31,12 @@ _RATES = {
     "output": "output_cost_per_token",
     "cache_read": "cache_read_input_token_cost",
     "cache_creation": "cache_creation_input_token_cost",
+    "cache_creation_1h": "cache_creation_input_token_cost_above_1hr",
     "reasoning": "output_cost_per_reasoning_token",
 }
+_FIELDS = {name: field for field, name in _RATES.items()}
+_TIERED = re.compile(r"^(?P<rate>.+)_above_(?P<thousands>\d+)k_tokens$")
+"""``input_cost_per_token_above_200k_tokens``: the rate of a call above 200,000 input tokens."""
 _MILLION = Decimal(1_000_000)
 
 
@@ -85,7 +90,24 @@ def _price(key: str, spec: Mapping[str, Any], effective_from: date) -> ModelPric
         model=model,
         effective_from=effective_from,
         source=SOURCE,
+        tiers=_tiers(key, spec),
         **rates,
+    )
+
+
+def _tiers(key: str, spec: Mapping[str, Any]) -> tuple[PriceTier, ...]:
+    """Long-context rates (``*_above_200k_tokens``), one tier per threshold."""
+    tiers: dict[int, dict[str, Decimal]] = {}
+    for name, value in spec.items():
+        tiered = _TIERED.match(name)
+        if tiered is None or value is None or tiered.group("rate") not in _FIELDS:
+            continue
+        threshold = int(tiered.group("thousands")) * 1000
+        field = _FIELDS[tiered.group("rate")]
+        tiers.setdefault(threshold, {})[field] = _per_million(value, key, name)
+    return tuple(
+        PriceTier(above_input_tokens=threshold, **rates)
+        for threshold, rates in sorted(tiers.items())
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from tollgate.contract.priced import ZERO_USD
 from tollgate.errors import SettingsError
@@ -26,8 +26,10 @@ EXACT = Context(prec=60, traps=[Inexact, Rounded])
 class ModelPrice:
     """What one model costs from ``effective_from`` (inclusive) to ``effective_to`` (exclusive).
 
-    Rates are USD per million tokens. Unset cache rates default to ``input`` and an unset
-    ``reasoning`` rate defaults to ``output``, so once built every rate is a ``Decimal``.
+    Rates are USD per million tokens. Unset cache rates default to ``input``, an unset
+    1-hour cache-write rate to the (5-minute) ``cache_creation`` one, and an unset
+    ``reasoning`` rate to ``output``, so once built every rate is a ``Decimal``.
+    ``tiers`` price a whole call whose input is larger than a threshold (long context).
     Invalid values raise ``SettingsError`` naming the model and the field, because prices
     come from files a person wrote.
     """
@@ -43,6 +45,10 @@ class ModelPrice:
     cache_read: Decimal | None = None
     cache_creation: Decimal | None = None
     reasoning: Decimal | None = None
+    cache_creation_1h: Decimal | None = None
+    """Tokens written to the cache for one hour (Anthropic: 2x input, vs 1.25x for 5 min)."""
+    tiers: tuple[PriceTier, ...] = ()
+    """Long-context prices, by input size; see ``PriceTier``."""
     request_usd: Decimal = ZERO_USD
     """A fee per call that reached the model, in USD (not per million)."""
     source: str | None = None
@@ -54,6 +60,7 @@ class ModelPrice:
 
     Worked out once (an exact shift of the decimal point), so pricing an event costs
     one multiplication per part."""
+    cache_creation_1h_per_token: Decimal = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.provider is not None and (not isinstance(self.provider, str) or not self.provider):
@@ -81,10 +88,27 @@ class ModelPrice:
             value = getattr(self, name)
             amount = default if value is None else self._amount(name, value)
             object.__setattr__(self, name, amount)
+        one_hour = self.cache_creation_1h
+        one_hour = (
+            self.cache_creation if one_hour is None else self._amount("cache_creation_1h", one_hour)
+        )
+        object.__setattr__(self, "cache_creation_1h", one_hour)
+        self._check_tiers()
         if len(self.version) > 256:
             self._refuse("model", "makes a price version longer than 256 characters")
         rates = (self.input, self.cache_read, self.cache_creation, self.output, self.reasoning)
         object.__setattr__(self, "per_token", tuple(rate.scaleb(-6, EXACT) for rate in rates))
+        object.__setattr__(
+            self, "cache_creation_1h_per_token", self.cache_creation_1h.scaleb(-6, EXACT)
+        )
+
+    def rates_for(self, input_tokens: int) -> TokenRates:
+        """USD per token for a call with ``input_tokens`` (cached ones included): the
+        highest tier whose threshold the call is above, else the base rates."""
+        for tier in reversed(self.tiers):
+            if input_tokens > tier.above_input_tokens:
+                return tier.per_token
+        return TokenRates(*self.per_token[:4], self.cache_creation_1h_per_token, self.per_token[4])
 
     @property
     def label(self) -> str:
@@ -99,6 +123,34 @@ class ModelPrice:
 
     def is_effective(self, day: date) -> bool:
         return self.effective_from <= day and (self.effective_to is None or day < self.effective_to)
+
+    def _check_tiers(self) -> None:
+        tiers = tuple(self.tiers)
+        if not all(isinstance(tier, PriceTier) for tier in tiers):
+            self._refuse("tiers", "must be a list of price tiers")
+        thresholds = [tier.above_input_tokens for tier in tiers]
+        if thresholds != sorted(set(thresholds)):
+            self._refuse("tiers", f"thresholds must rise, each once, got {thresholds}")
+        base = {
+            "input": self.input,
+            "cache_read": self.cache_read,
+            "cache_creation": self.cache_creation,
+            "cache_creation_1h": self.cache_creation_1h,
+            "output": self.output,
+            "reasoning": self.reasoning,
+        }
+        for tier in tiers:
+            rates = {}
+            for name, default in base.items():
+                value = getattr(tier, name)
+                if value is not None:
+                    value = self._amount(f"tiers.{name}", value)
+                    object.__setattr__(tier, name, value)
+                rates[name] = default if value is None else value
+            if tier.reasoning is None and self.reasoning == self.output:
+                rates["reasoning"] = rates["output"]  # reasoning tokens are output tokens
+            object.__setattr__(tier, "per_token", _per_token(**rates))
+        object.__setattr__(self, "tiers", tiers)
 
     def _amount(self, name: str, value: object) -> Decimal:
         if isinstance(value, float):
@@ -115,6 +167,65 @@ class ModelPrice:
 
     def _refuse(self, name: str, problem: str) -> NoReturn:
         raise SettingsError(f"price of {self.provider or '*'}/{self.model}: `{name}` {problem}")
+
+
+class TokenRates(NamedTuple):
+    """USD per single token of each kind, for one call."""
+
+    input: Decimal
+    cache_read: Decimal
+    cache_creation: Decimal
+    """5-minute cache writes (and writes whose duration was not reported)."""
+    output: Decimal
+    cache_creation_1h: Decimal
+    reasoning: Decimal
+
+
+def _per_token(
+    *,
+    input: Decimal,
+    cache_read: Decimal,
+    cache_creation: Decimal,
+    cache_creation_1h: Decimal,
+    output: Decimal,
+    reasoning: Decimal,
+) -> TokenRates:
+    def one(rate: Decimal) -> Decimal:
+        return rate.scaleb(-6, EXACT)
+
+    return TokenRates(
+        one(input),
+        one(cache_read),
+        one(cache_creation),
+        one(output),
+        one(cache_creation_1h),
+        one(reasoning),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriceTier:
+    """Prices for a whole call whose input (cached tokens included) is above
+    ``above_input_tokens``: Anthropic and Google bill every token of such a call at the
+    long-context rate. A rate left unset keeps the base price's rate of that kind, but
+    reasoning, which follows the tier's output rate unless the base prices it apart."""
+
+    above_input_tokens: int
+    input: Decimal | None = None
+    output: Decimal | None = None
+    cache_read: Decimal | None = None
+    cache_creation: Decimal | None = None
+    cache_creation_1h: Decimal | None = None
+    reasoning: Decimal | None = None
+    per_token: TokenRates = field(init=False, repr=False, compare=False)
+    """Filled in by the ``ModelPrice`` that holds the tier."""
+
+    def __post_init__(self) -> None:
+        threshold = self.above_input_tokens
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+            raise SettingsError(
+                f"price tier: `above_input_tokens` must be a whole number, got {threshold!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
