@@ -137,8 +137,9 @@ class PriceCatalog:
         return apply_price(event, self.match(event))
 
     def contract(self, event: UsageEvent, match: PriceMatch) -> ContractPrice | None:
-        """The negotiated price for ``event`` (priced by ``match``), if one covers it."""
-        if not self.contracts or match.price is None:
+        """The negotiated price for ``event`` (priced by ``match``), if one covers it; the
+        fallback is a guess, not a list price, so no contract discounts it."""
+        if not self.contracts or match.price is None or match.fallback:
             return None
         models = tuple(
             m for m in (match.price.model, event.response_model, event.request_model) if m
