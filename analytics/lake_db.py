@@ -93,7 +93,9 @@ class Lake:
         self._files = LiveFiles(self.path)
         self._viewed: dict[str, tuple[Path, ...]] = {}
         """The files each view is defined over."""
-        create_tables(self._db, catalog or load_catalog())
+        self.catalog = catalog or load_catalog()
+        """The catalog of the ``prices`` view: the list prices re-pricing questions use."""
+        create_tables(self._db, self.catalog)
         self._refresh(force=True)
 
     spend = _asks(queries.spend)

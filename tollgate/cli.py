@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -283,6 +283,141 @@ def seed_lake(obj: _Context, events: int, days: int, out: Path | None, seed: int
     )
     for incident in summary.incidents:
         click.echo(f"  incident: {incident}")
+
+
+class _Instant(click.ParamType):
+    """An ISO-8601 instant with its offset (``2026-03-01T00:00:00Z``), or a date (UTC midnight)."""
+
+    name = "instant"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None):  # type: ignore[no-untyped-def]
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is not an ISO-8601 instant such as 2026-03-01T00:00:00Z")
+        if moment.tzinfo is None:
+            if len(text) != 10:
+                self.fail(f"{text!r} names no offset; add one, e.g. Z or +02:00")
+            moment = moment.replace(tzinfo=UTC)
+        return moment
+
+
+_LAKE_OPTION = click.option(
+    "--lake",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Lake directory (default: settings' lake.path).",
+)
+_TENANT_OPTION = click.option("--tenant", default=None, help="Only this tenant's calls.")
+
+
+@cli.command()
+@click.option(
+    "--catalog",
+    "catalog_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="The catalog to price with: Tollgate YAML (contracts included) or LiteLLM JSON.",
+)
+@click.option("--start", type=_Instant(), required=True, help="Start, inclusive (ISO-8601).")
+@click.option("--end", type=_Instant(), required=True, help="End, exclusive (ISO-8601).")
+@click.option(
+    "--group-by",
+    "group_by",
+    multiple=True,
+    default=("tenant", "model"),
+    show_default=True,
+    help="Dimension to group by (repeatable).",
+)
+@_LAKE_OPTION
+@_TENANT_OPTION
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the report here (.csv or .parquet) instead of printing it as CSV.",
+)
+@click.pass_obj
+def reprice(
+    obj: _Context,
+    catalog_file: Path,
+    start: datetime,
+    end: datetime,
+    group_by: tuple[str, ...],
+    lake: Path | None,
+    tenant: str | None,
+    out: Path | None,
+) -> None:
+    """What [START, END) would have cost under CATALOG, from the lake's usage facts.
+
+    Old list and billed costs beside the new ones, per group; the lake is only read.
+    """
+    from analytics.query_terms import QueryError
+    from analytics.report_files import write_report
+    from analytics.reporting.output import OutputFormat, render
+    from analytics.repricing import reprice as what_if
+    from tollgate.pricing import load_catalog
+
+    path = lake if lake is not None else obj.settings().lake.path
+    try:
+        table = what_if(
+            path, load_catalog(catalog_file), start, end, group_by=group_by, tenant_scope=tenant
+        )
+    except QueryError as error:
+        raise click.UsageError(str(error)) from None
+    if out is None:
+        body = render(table, OutputFormat.CSV, name="reprice", next_offset=None, next_url=None)
+        click.echo(bytes(body.body).decode(), nl=False)
+        return
+    write_report(table, out)
+    click.echo(f"wrote {table.num_rows} rows to {out}")
+
+
+@cli.group()
+def export() -> None:
+    """Export the lake's costs for other tools."""
+
+
+@export.command()
+@click.option("--start", type=_Instant(), required=True, help="Start, inclusive (ISO-8601).")
+@click.option("--end", type=_Instant(), required=True, help="End, exclusive (ISO-8601).")
+@_LAKE_OPTION
+@_TENANT_OPTION
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The file to write: .csv or .parquet.",
+)
+@click.pass_obj
+def focus(
+    obj: _Context,
+    start: datetime,
+    end: datetime,
+    lake: Path | None,
+    tenant: str | None,
+    out: Path,
+) -> None:
+    """Costs of [START, END) as FinOps FOCUS 1.2 rows: one per day, tenant, team, model
+    and token type, at the prices billed with the list price beside them."""
+    from analytics.focus import focus_table
+    from analytics.query_terms import QueryError
+    from analytics.report_files import write_report
+    from tollgate.pricing import load_catalog
+
+    settings = obj.settings()
+    path = lake if lake is not None else settings.lake.path
+    try:
+        table = focus_table(
+            path, load_catalog(settings.stream.price_catalog), start, end, tenant_scope=tenant
+        )
+    except QueryError as error:
+        raise click.UsageError(str(error)) from None
+    write_report(table, out)
+    click.echo(f"wrote {table.num_rows} FOCUS rows to {out}")
 
 
 def _bootstrap(settings: Settings, part: str) -> str:

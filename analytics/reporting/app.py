@@ -28,9 +28,11 @@ from swagger_ui_bundle import swagger_ui_path
 from analytics.lake_db import Lake
 from analytics.reporting.auth import KeyRing
 from analytics.reporting.errors import install_error_handlers
+from analytics.reporting.export_routes import export_router
 from analytics.reporting.metrics import MetricsMiddleware, ReportingMetrics
 from analytics.reporting.routes import router
 from tollgate import __version__
+from tollgate.pricing import PriceCatalog
 
 log = logging.getLogger("tollgate.reporting")
 
@@ -68,13 +70,16 @@ class _DashboardFiles(StaticFiles):
         return response
 
 
-def create_app(lake_path: Path, keys: KeyRing, *, lake: Lake | None = None) -> FastAPI:
+def create_app(
+    lake_path: Path, keys: KeyRing, *, lake: Lake | None = None, catalog: PriceCatalog | None = None
+) -> FastAPI:
     """The reporting app over the lake at ``lake_path``.
 
-    The app opens the lake itself (and closes it at shutdown) unless given one in ``lake``.
+    The app opens the lake itself (with ``catalog``, default the shipped one, for list
+    prices) and closes it at shutdown, unless given one in ``lake``.
     """
     owned = lake is None
-    opened = Lake(lake_path) if lake is None else lake
+    opened = Lake(lake_path, catalog=catalog) if lake is None else lake
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +104,7 @@ def create_app(lake_path: Path, keys: KeyRing, *, lake: Lake | None = None) -> F
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics, mounts=("/dashboard",))
     app.include_router(router)
+    app.include_router(export_router)
 
     @app.get("/healthz", include_in_schema=True, summary="Whether the lake can be read")
     def healthz() -> JSONResponse:

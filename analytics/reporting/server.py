@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from analytics.reporting.app import create_app
 from analytics.reporting.auth import KeyRing
 from tollgate.errors import SettingsError
+from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
 
 log = logging.getLogger("tollgate.reporting")
@@ -41,7 +42,8 @@ def app_from_settings(settings: Settings, lake_path: Path | None = None) -> Fast
     keys = KeyRing.from_settings(settings.reporting)
     if not len(keys):
         log.warning(NO_KEY_WARNING)
-    return create_app(lake_path or settings.lake.path, keys)
+    catalog = load_catalog(settings.stream.price_catalog)
+    return create_app(lake_path or settings.lake.path, keys, catalog=catalog)
 
 
 def run(settings: Settings, *, lake_path: Path | None = None, port: int | None = None) -> None:
