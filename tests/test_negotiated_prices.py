@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -238,3 +239,18 @@ async def test_the_worker_prices_at_the_contract_and_alerts_once_on_an_unpriced_
     (alert,) = alerts.decoded(Alert)
     assert alert.kind is AlertKind.UNPRICED_MODEL
     assert "brand-new-model" in alert.summary
+
+
+def test_the_readme_contracts_example_prices_as_it_says() -> None:
+    from tests.billing_world import README
+
+    text = README.read_text()
+    start = text.index("  ```yaml\n  contracts:") + len("  ```yaml\n")
+    block = textwrap.dedent(text[start : text.index("  ```", start)])
+    catalog = read_catalog_yaml(LIST + block)
+
+    march = catalog.price(gpt_4o())  # acme's gpt-4o deal: output at 6.00, the rest at list
+    february = catalog.price(gpt_4o(at=datetime(2026, 2, 2, tzinfo=UTC)))  # 20 % off
+
+    assert (march.output_cost_usd, march.input_cost_usd) == (Decimal("0.6"), Decimal("1.5"))
+    assert february.cost_usd == Decimal("2.4")
