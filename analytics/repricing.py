@@ -24,7 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from analytics.lake_events import lake_events
-from analytics.query_terms import Dimension, QueryError
+from analytics.query_parts import filter_values
+from analytics.query_terms import Dimension, Filters, QueryError
 from tollgate.contract import PricedEvent
 from tollgate.lake import MONEY
 from tollgate.pricing import PriceCatalog
@@ -50,9 +51,12 @@ def reprice(
     end: datetime,
     *,
     group_by: Sequence[Dimension | str] = DEFAULT_GROUPS,
+    filters: Filters | None = None,
     tenant_scope: str | None = None,
 ) -> pa.Table:
     """The what-if report for events ending in ``[start, end)``; see the module docstring.
+
+    ``filters`` keep rows as the queries' do (OR within a dimension, AND across them).
 
     Columns: the ``group_by`` dimensions, ``requests``, ``input_tokens``,
     ``output_tokens``, ``contract_priced`` (calls a contract of the new catalog priced),
@@ -60,7 +64,15 @@ def reprice(
     ``MONEY_COLUMNS``. Ordered by the groups; one row per group that had calls.
     """
     groups = _dimensions(group_by)
-    return report(lake_events(lake, start, end, tenant_scope=tenant_scope), catalog, groups)
+    wanted = filter_values(filters)
+    events = lake_events(lake, start, end, tenant_scope=tenant_scope)
+    if wanted:
+        events = (
+            event
+            for event in events
+            if all(dimension_value(event, d) in values for d, values in wanted.items())
+        )
+    return report(events, catalog, groups)
 
 
 def report(

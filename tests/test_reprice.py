@@ -10,14 +10,18 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
 from analytics.query_terms import QueryError
+from analytics.reporting import BackgroundServer, hash_key
+from analytics.reporting.server import app_from_settings
 from analytics.repricing import reprice
 from tests.billing_world import FALLBACK, PRICES, readme_command, write_billed_lake
 from tollgate.pricing import read_catalog_yaml
+from tollgate.settings import Settings
 
 NEW_PRICES = (
     PRICES
@@ -130,3 +134,51 @@ def test_the_readme_reprice_command_prints_the_same_report(tmp_path: Path) -> No
         ),
     )
     assert figures(table) == expected()
+
+
+def test_spend_answers_under_a_named_catalog_for_admin_and_tenant_keys(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    write_billed_lake(lake)
+    catalogs = tmp_path / "catalogs"
+    catalogs.mkdir()
+    (catalogs / "march-2026.yaml").write_text(NEW_PRICES)
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(
+        f"keys:\n  - {{id: acme-fin, key_sha256: '{hash_key('acme-k')}', tenant: acme}}\n"
+    )
+    settings = Settings(
+        lake={"path": lake},
+        reporting={"admin_key": "admin-k", "keys_file": keys_file, "catalogs_dir": catalogs},
+    )
+    params = {
+        "start": "2026-03-01T00:00:00Z",
+        "end": "2026-04-01T00:00:00Z",
+        "catalog": "march-2026",
+        "group_by": ["tenant", "model"],
+    }
+
+    with BackgroundServer(app_from_settings(settings)) as server:
+
+        def ask(key: str, **extra: object) -> httpx.Response:
+            return httpx.get(
+                f"{server.url}/v1/spend",
+                params={**params, **extra},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+
+        admin, acme = ask("admin-k"), ask("acme-k")
+        unknown, bucketed = ask("admin-k", catalog="nope"), ask("admin-k", granularity="day")
+
+    assert admin.status_code == 200, admin.text
+    rows = {(r["tenant"], r["model"]): r for r in admin.json()["rows"]}
+    for key, (requests, _, old_billed, new_list, new_billed, _) in EXPECTED.items():
+        row = rows[key]
+        assert row["requests"] == requests
+        assert Decimal(row["cost_usd"]) == Decimal(new_billed)
+        assert Decimal(row["list_cost_usd"]) == Decimal(new_list)
+        assert Decimal(row["billed_cost_usd"]) == Decimal(old_billed)
+    assert {r["tenant"] for r in acme.json()["rows"]} == {"acme"}
+    assert unknown.status_code == 422
+    assert "march-2026" in unknown.text
+    assert bucketed.status_code == 422
+    assert "granularity" in bucketed.text

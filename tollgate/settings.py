@@ -161,6 +161,9 @@ class ReportingSettings(Section):
     keys_file: Path | None = None
     """YAML list of reporting keys, stored as SHA-256 hashes, each bound to one tenant
     (or marked ``admin: true``); see ``analytics.reporting.auth``."""
+    catalogs_dir: Path | None = None
+    """Price catalogs (``NAME.yaml``, ``NAME.yml`` or ``NAME.json``) that ``/v1/spend``
+    can price the lake's calls under (``catalog=NAME``); read at start."""
 
 
 class LogSettings(Section):

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -71,12 +71,18 @@ class _DashboardFiles(StaticFiles):
 
 
 def create_app(
-    lake_path: Path, keys: KeyRing, *, lake: Lake | None = None, catalog: PriceCatalog | None = None
+    lake_path: Path,
+    keys: KeyRing,
+    *,
+    lake: Lake | None = None,
+    catalog: PriceCatalog | None = None,
+    catalogs: Mapping[str, PriceCatalog] | None = None,
 ) -> FastAPI:
     """The reporting app over the lake at ``lake_path``.
 
     The app opens the lake itself (with ``catalog``, default the shipped one, for list
-    prices) and closes it at shutdown, unless given one in ``lake``.
+    prices) and closes it at shutdown, unless given one in ``lake``. ``catalogs`` are
+    the named catalogs ``/v1/spend?catalog=`` prices under.
     """
     owned = lake is None
     opened = Lake(lake_path, catalog=catalog) if lake is None else lake
@@ -100,6 +106,7 @@ def create_app(
     )
     app.state.lake = opened
     app.state.keys = keys
+    app.state.catalogs = dict(catalogs or {})
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics, mounts=("/dashboard",))

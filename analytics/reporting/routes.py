@@ -20,6 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated
 
+import pyarrow as pa
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.responses import Response
@@ -27,6 +28,7 @@ from starlette.responses import Response
 from analytics import queries
 from analytics.queries import Dimension, Filters, Granularity, Measure
 from analytics.reporting.auth import Caller
+from analytics.reporting.catalogs import spend_under
 from analytics.reporting.errors import IsolationBreach
 from analytics.reporting.metrics import endpoint_of
 from analytics.reporting.output import MEDIA_TYPES, OutputFormat, negotiate, render
@@ -36,6 +38,7 @@ from analytics.reporting.params import (
     TimeRange,
     filters,
     group_by,
+    invalid,
     page,
     reject_unknown_parameters,
     time_range,
@@ -101,9 +104,21 @@ def answer(
     request: Request, query: queries.Query, paging: Page, fmt: OutputFormat, caller: Caller
 ) -> Response:
     """Run one page of ``query`` and write it; ``next_offset`` is set while rows remain."""
-    endpoint = endpoint_of(request.scope)
     started = time.perf_counter()
     table = request.app.state.lake.arrow(query, limit=paging.limit + 1, offset=paging.offset)
+    return answer_rows(request, table, paging, fmt, caller, started)
+
+
+def answer_rows(
+    request: Request,
+    table: pa.Table,
+    paging: Page,
+    fmt: OutputFormat,
+    caller: Caller,
+    started: float,
+) -> Response:
+    """Write one page: ``table`` holds the page's rows and, if more remain, one more."""
+    endpoint = endpoint_of(request.scope)
     more = table.num_rows > paging.limit
     table = table.slice(0, paging.limit)
     request.app.state.metrics.observe_query(endpoint, time.perf_counter() - started, len(table))
@@ -134,7 +149,30 @@ def spend(
         Granularity | None,
         Query(description="Cut the range into buckets (local time in `tz`); omit for totals."),
     ] = None,
+    catalog: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            description="Price the range again under this catalog of `reporting.catalogs_dir`"
+            " (totals per group: `cost_usd`, `list_cost_usd`, `billed_cost_usd`).",
+        ),
+    ] = None,
 ) -> Response:
+    if catalog is not None:
+        if granularity is not None:
+            raise invalid("granularity", "is not taken with `catalog` (totals per group only)")
+        started = time.perf_counter()
+        table = spend_under(
+            request,
+            catalog,
+            start=window.start,
+            end=window.end,
+            group_by=groups,
+            filters=where,
+            tenant_scope=caller.tenant,
+        )
+        page_rows = table.slice(paging.offset, paging.limit + 1)
+        return answer_rows(request, page_rows, paging, fmt, caller, started)
     query = queries.spend(
         window.start,
         window.end,

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from analytics.reporting.app import create_app
 from analytics.reporting.auth import KeyRing
+from analytics.reporting.catalogs import load_catalogs
 from tollgate.errors import SettingsError
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
@@ -43,7 +44,8 @@ def app_from_settings(settings: Settings, lake_path: Path | None = None) -> Fast
     if not len(keys):
         log.warning(NO_KEY_WARNING)
     catalog = load_catalog(settings.stream.price_catalog)
-    return create_app(lake_path or settings.lake.path, keys, catalog=catalog)
+    catalogs = load_catalogs(settings.reporting.catalogs_dir)
+    return create_app(lake_path or settings.lake.path, keys, catalog=catalog, catalogs=catalogs)
 
 
 def run(settings: Settings, *, lake_path: Path | None = None, port: int | None = None) -> None:
