@@ -91,9 +91,8 @@ def report(
         row.output_tokens += event.output_tokens
         row.repriced_by_contract += again.contract_version is not None
         row.fallback += again.price_fallback
-        old_list = event.cost_usd if event.list_cost_usd is None else event.list_cost_usd
-        new_list = again.cost_usd if again.list_cost_usd is None else again.list_cost_usd
-        for i, amount in enumerate((old_list, event.cost_usd, new_list, again.cost_usd)):
+        figures = (event.listed_cost_usd, event.cost_usd, again.listed_cost_usd, again.cost_usd)
+        for i, amount in enumerate(figures):
             row.money[i] += amount
     ordered = sorted(sums.items(), key=lambda item: tuple((v is None, v or "") for v in item[0]))
     columns: dict[str, pa.Array] = {

@@ -249,7 +249,7 @@ def build_chunk(
         "cost_usd": picodollars(cost),
         "price_version": _names(pricing.versions, version),
         "price_fallback": pa.array(fallback, pa.bool_()),
-        "list_cost_usd": picodollars(cost),
+        "list_cost_usd": pa.nulls(n, MONEY),
         "contract_version": pa.nulls(n, pa.string()),
         "_topic": pa.nulls(n, pa.string()),
         "_partition": pa.nulls(n, pa.int32()),

@@ -106,7 +106,7 @@ def test_the_most_specific_contract_in_force_wins(catalog) -> None:  # type: ign
     )
     assert march_globex.contract_version == "contract/*/openai/*@2026-01-01"
     assert (last_year.contract_version, last_year.cost_usd) == (None, Decimal("3.00"))
-    assert last_year.list_cost_usd == last_year.cost_usd
+    assert last_year.list_cost_usd is None  # billed at list: the list cost is cost_usd
 
 
 def test_another_provider_is_not_covered_by_a_provider_contract(catalog) -> None:  # type: ignore[no-untyped-def]
@@ -121,7 +121,7 @@ def test_another_provider_is_not_covered_by_a_provider_contract(catalog) -> None
     )
 
     assert claude.contract_version is None
-    assert claude.cost_usd == claude.list_cost_usd == Decimal("4.5")  # 3 + 1.5
+    assert claude.cost_usd == claude.listed_cost_usd == Decimal("4.5")  # 3 + 1.5
 
 
 def test_a_discount_with_no_exact_decimal_is_rounded_once_to_the_picodollar() -> None:
@@ -234,7 +234,7 @@ async def test_the_worker_prices_at_the_contract_and_alerts_once_on_an_unpriced_
         fallback = out[event.event_id]
         assert fallback.price_fallback is True
         # 1,000 x 150 / 1M; no discount on a price that is a guess
-        assert fallback.cost_usd == fallback.list_cost_usd == Decimal("0.15")
+        assert fallback.cost_usd == fallback.listed_cost_usd == Decimal("0.15")
         assert fallback.contract_version is None
     (alert,) = alerts.decoded(Alert)
     assert alert.kind is AlertKind.UNPRICED_MODEL

@@ -130,7 +130,7 @@ def test_each_shipped_model_costs_its_list_price_over_the_usage_grid(
 
         assert priced.price_fallback is False, (model, usage)
         assert priced.cost_usd == Decimal(expected[usage]), (model, usage)
-        assert priced.list_cost_usd == priced.cost_usd
+        assert priced.listed_cost_usd == priced.cost_usd
 
 
 def test_the_grid_covers_every_shipped_model_and_alias(shipped: PriceCatalog) -> None:

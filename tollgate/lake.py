@@ -41,8 +41,8 @@ Schema decisions (``PRICED_SCHEMA``):
 - ``tags`` is a ``map<string, string>``: typed, and DuckDB reads it as ``tags['env']``
   without parsing JSON. An event without tags has an empty map.
 - Added later, so null in older files (and read as the contract's defaults):
-  ``cache_creation_1h_input_tokens`` (0), ``list_cost_usd`` (the list cost; null in older
-  files, where it equals ``cost_usd``) and ``contract_version`` (null: list price).
+  ``cache_creation_1h_input_tokens`` (0), ``list_cost_usd`` and ``contract_version``
+  (null: the list price billed the call, so its list cost is ``cost_usd``).
 - Lineage columns ``_topic``, ``_partition``, ``_offset`` say where in the priced topic the
   row came from (null when unknown): what makes exactly-once writes by offset range
   checkable.

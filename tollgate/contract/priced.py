@@ -33,9 +33,9 @@ class PricedEvent(UsageEvent, tag=1, kw_only=True):
     price_fallback: bool = False
     """True when the model was not in the catalog and the fallback price was used."""
     list_cost_usd: Decimal | None = None
-    """What the call cost at the list price ``price_version`` names. Equal to ``cost_usd``
-    unless a negotiated price applied; None on records written before the field existed
-    (they were all priced at list)."""
+    """What the call cost at the list price ``price_version`` names, when a negotiated
+    price (``contract_version``) priced it; None when the list price did, so the list cost
+    is ``cost_usd`` (``listed_cost_usd`` says it either way)."""
     contract_version: Name | None = None
     """The negotiated price that priced the parts and ``cost_usd`` (``contract/...@date``),
     or None when the list price did."""
@@ -57,6 +57,11 @@ class PricedEvent(UsageEvent, tag=1, kw_only=True):
         if total != self.cost_usd:
             invalid(self, "cost_usd", f"is {self.cost_usd} but its parts add up to {total}")
 
+    @property
+    def listed_cost_usd(self) -> Decimal:
+        """The call's cost at list price, whichever price billed it."""
+        return self.cost_usd if self.list_cost_usd is None else self.list_cost_usd
+
     @classmethod
     def from_usage(
         cls,
@@ -72,8 +77,7 @@ class PricedEvent(UsageEvent, tag=1, kw_only=True):
         list_cost_usd: Decimal | None = None,
         contract_version: str | None = None,
     ) -> PricedEvent:
-        """Price ``usage``; ``cost_usd`` is computed here so it always equals its parts, and
-        ``list_cost_usd`` defaults to it (no negotiated price)."""
+        """Price ``usage``; ``cost_usd`` is computed here so it always equals its parts."""
         fields = {f: getattr(usage, f) for f in UsageEvent.__struct_fields__}
         cost_usd = (
             input_cost_usd
@@ -92,6 +96,6 @@ class PricedEvent(UsageEvent, tag=1, kw_only=True):
             cost_usd=cost_usd,
             price_version=price_version,
             price_fallback=price_fallback,
-            list_cost_usd=cost_usd if list_cost_usd is None else list_cost_usd,
+            list_cost_usd=list_cost_usd,
             contract_version=contract_version,
         )

@@ -61,6 +61,9 @@ class ModelPrice:
     Worked out once (an exact shift of the decimal point), so pricing an event costs
     one multiplication per part."""
     cache_creation_1h_per_token: Decimal = field(init=False, repr=False, compare=False)
+    base_rates: TokenRates = field(init=False, repr=False, compare=False)
+    """``per_token`` with the 1-hour cache-write rate: what ``rates_for`` gives below every
+    tier, built once."""
 
     def __post_init__(self) -> None:
         if self.provider is not None and (not isinstance(self.provider, str) or not self.provider):
@@ -98,8 +101,12 @@ class ModelPrice:
             self._refuse("model", "makes a price version longer than 256 characters")
         rates = (self.input, self.cache_read, self.cache_creation, self.output, self.reasoning)
         object.__setattr__(self, "per_token", tuple(rate.scaleb(-6, EXACT) for rate in rates))
+        one_hour_per_token = self.cache_creation_1h.scaleb(-6, EXACT)
+        object.__setattr__(self, "cache_creation_1h_per_token", one_hour_per_token)
         object.__setattr__(
-            self, "cache_creation_1h_per_token", self.cache_creation_1h.scaleb(-6, EXACT)
+            self,
+            "base_rates",
+            TokenRates(*self.per_token[:4], one_hour_per_token, self.per_token[4]),
         )
 
     def rates_for(self, input_tokens: int) -> TokenRates:
@@ -108,7 +115,7 @@ class ModelPrice:
         for tier in reversed(self.tiers):
             if input_tokens > tier.above_input_tokens:
                 return tier.per_token
-        return TokenRates(*self.per_token[:4], self.cache_creation_1h_per_token, self.per_token[4])
+        return self.base_rates
 
     @property
     def label(self) -> str:
