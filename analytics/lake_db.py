@@ -10,7 +10,8 @@ Views (always defined, also over an empty or partly written lake):
 - ``budget_state``: ``BUDGET_STATE_SCHEMA`` rows: every state published.
 - ``prices``: the price catalog, one row per ``price_version`` with its per-token rates
   (``input_usd``, ``output_usd``, ``cache_read_usd``, ``cache_creation_usd``,
-  ``reasoning_usd``, ``per_request_usd``), for questions such as cache savings.
+  ``cache_creation_1h_usd``, ``reasoning_usd``, ``per_request_usd``; base rates, not
+  long-context tiers), for questions such as cache savings.
 
 Files are listed when a query runs, so a long-lived ``Lake`` sees what the sink wrote
 since; a file written later with a new column reads with nulls in the older files. The
