@@ -182,3 +182,34 @@ def test_spend_answers_under_a_named_catalog_for_admin_and_tenant_keys(tmp_path:
     assert "march-2026" in unknown.text
     assert bucketed.status_code == 422
     assert "granularity" in bucketed.text
+
+
+def test_the_command_refuses_bad_input_with_a_message(tmp_path: Path) -> None:
+    bad_catalog = tmp_path / "bad.yaml"
+    bad_catalog.write_text("prices:\n  - model: x\n    effective_from: 2026-01-01\n")
+    good_catalog = tmp_path / "good.yaml"
+    good_catalog.write_text(NEW_PRICES)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = readme_command("tollgate reprice")[:3]
+        return subprocess.run(
+            [*command, "reprice", *args], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+
+    naive = run(
+        "--catalog", str(good_catalog), "--start", "2026-03-01T00:00", "--end", "2026-04-01"
+    )
+    broken = run("--catalog", str(bad_catalog), "--start", "2026-03-01", "--end", "2026-04-01")
+    grouped = run(
+        "--catalog", str(good_catalog), "--start", "2026-03-01", "--end", "2026-04-01",
+        "--group-by", "colour",
+    )  # fmt: skip
+
+    assert naive.returncode == 2
+    assert "names no offset" in naive.stderr
+    assert broken.returncode == 2
+    assert "bad.yaml" in broken.stderr
+    assert "`input` is required" in broken.stderr
+    assert grouped.returncode == 2
+    assert "unknown dimension" in grouped.stderr
