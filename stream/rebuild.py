@@ -25,6 +25,12 @@ What differs from a state the stage built itself, on purpose:
   from the rebuild on. A subject with nothing left in its window has no state, as if the
   stage had deleted it for being idle.
 
+The same pass also collects the ids of the events that ended from ``ids_since`` on
+(``LakeRebuild.event_ids``): the meter drops those when they come again on the new broker
+(a gateway resends what the dead broker had acknowledged), because the rebuilt states
+counted them already. States and ids come from one read of the lake, so an event the sink
+writes meanwhile is in both or in neither.
+
 The work is vectorised with pyarrow: per date partition only the needed columns are
 read, duplicates dropped and, per budget, rows grouped by subject and bucket; Python
 sees one row per (subject, bucket), never one per event. Memory holds one day of those
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from itertools import groupby
@@ -97,6 +104,16 @@ def oldest_live_instant(definition: BudgetDefinition, now: datetime) -> datetime
     return utc(view.previous_key if view.previous_open else view.current_key)
 
 
+@dataclass
+class LakeRebuild:
+    """What the lake says a worker that lost its broker's history has counted."""
+
+    states: dict[str, SubjectState] = field(default_factory=dict)
+    """Every budget subject with spend in its window, by state key."""
+    event_ids: set[bytes] = field(default_factory=set)
+    """The 16-byte ids of the events read that ended from ``ids_since`` on."""
+
+
 def rebuild_states(
     lake: Path, budgets: BudgetIndex, now: datetime, until: datetime | None = None
 ) -> dict[str, SubjectState]:
@@ -105,14 +122,30 @@ def rebuild_states(
 
     See the module docstring for how these states differ from ones the stage built.
     """
+    return rebuild_from_lake(lake, budgets, now, until).states
+
+
+def rebuild_from_lake(
+    lake: Path,
+    budgets: BudgetIndex,
+    now: datetime,
+    until: datetime | None = None,
+    ids_since: datetime | None = None,
+) -> LakeRebuild:
+    """``rebuild_states``, and the ids of the events that ended in ``[ids_since, until)``
+    (none if ``ids_since`` is None), from one read of the lake."""
     definitions = list(budgets)
-    if not definitions:
-        return {}
-    since = min(oldest_live_instant(definition, now) for definition in definitions)
+    starts = [oldest_live_instant(definition, now) for definition in definitions]
+    if ids_since is not None:
+        starts.append(ids_since)
+    if not starts:
+        return LakeRebuild()
+    since = min(starts)
     views = {definition.window: window_view(definition.window, now) for definition in definitions}
     partial: dict[str, list[pa.Table]] = {definition.budget_id: [] for definition in definitions}
+    rebuilt = LakeRebuild()
     for day in priced_dates(lake, since=since, until=until):
-        table = _read_day(lake, day, since, until)
+        table = _read_day(lake, day, since, until, ids_since, rebuilt.event_ids)
         if not table.num_rows:
             continue
         end_s = table.column("end_us").to_numpy() / 1e6
@@ -124,12 +157,11 @@ def rebuild_states(
             spend = _spend_by_bucket(table, buckets[window], definition)
             if spend.num_rows:
                 partial[definition.budget_id].append(spend)
-    states: dict[str, SubjectState] = {}
     for definition in definitions:
         tables = partial[definition.budget_id]
         if tables:
-            states.update(_apply_spend(_merge(tables, definition), definition, now))
-    return states
+            rebuilt.states.update(_apply_spend(_merge(tables, definition), definition, now))
+    return rebuilt
 
 
 def rebuilt_budget_states(
@@ -148,11 +180,19 @@ def rebuilt_budget_states(
     return published
 
 
-def _read_day(lake: Path, day: date, since: datetime, until: datetime | None) -> pa.Table:
+def _read_day(
+    lake: Path,
+    day: date,
+    since: datetime,
+    until: datetime | None,
+    ids_since: datetime | None,
+    event_ids: set[bytes],
+) -> pa.Table:
     """One date partition's events since ``since`` that spent something, each once.
 
     The first copy read of an event is kept. Columns: ``end_us`` (Unix microseconds),
-    the dimensions, ``tokens`` (input plus output) and ``usd``.
+    the dimensions, ``tokens`` (input plus output) and ``usd``. The ids of the events
+    that ended from ``ids_since`` on, spent or not, are added to ``event_ids``.
     """
     start = datetime.combine(day, time(), tzinfo=UTC)
     end = start + timedelta(days=1) if until is None else min(until, start + timedelta(days=1))
@@ -169,6 +209,14 @@ def _read_day(lake: Path, day: date, since: datetime, until: datetime | None) ->
     )
     if len(first) < table.num_rows:
         table = table.take(first)
+    if ids_since is not None:
+        recent = pc.greater_equal(
+            table.column("end_time"), pa.scalar(ids_since, table.column("end_time").type)
+        )
+        event_ids.update(
+            uuid.UUID(event_id).bytes
+            for event_id in table.column("event_id").filter(recent).to_pylist()
+        )
     # Columns an older file lacked read as null: they count as nothing.
     tokens = pc.add(
         pc.fill_null(table.column("input_tokens"), 0),
