@@ -16,7 +16,7 @@ stages, rebuilds from the lake as it does at start, fences off what the dead bro
 producer may still deliver late, and starts the stages again.
 
 The fence: one record per partition of each stage's changelog (``FENCE_KEY``; a restore
-forgets what came before it) and of the budget contributions (an empty record; the new
+forgets what came before it) and of the budget contributions (a tombstone; the new
 budget stage starts after it). Written by a new producer after the old one was stopped,
 so every late write lies before it.
 """
@@ -45,7 +45,7 @@ class LossWatch:
 
 
 async def write_fence(
-    producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes | None
+    producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes | None
 ) -> dict[int, int]:
     """Write one record to every partition of ``topic``; per partition, the offset after
     it (where what is this broker's own begins)."""

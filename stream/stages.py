@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -41,8 +42,10 @@ from stream.metrics import StreamMetrics
 from stream.rebuild import LakeRebuild, rebuild_from_lake, rebuilt_budget_states
 from stream.record_sender import RecordSender, delivered
 from stream.seen_ids import SeenIds
-from stream.stage_consumer import StageConsumer
+from stream.stage_consumer import Stage, StageConsumer
+from tollgate.broker import ensure_topics
 from tollgate.contract import encode
+from tollgate.errors import BrokerError
 from tollgate.kafka import client_options, producer_options
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
@@ -104,9 +107,11 @@ class Stages:
         if producer is None:
             return
         try:
-            contributions_start: dict[int, int] = {}
+            contributions_start: dict[int, int] | None = None
             if after_loss:
                 contributions_start = await self._fence(producer, stopping)
+                if contributions_start is None:
+                    return
             rebuilt = await self._rebuild()
             sender = RecordSender(producer)
             seen_ids = SeenIds(
@@ -139,9 +144,11 @@ class Stages:
                 topics,
             )
 
-            def consumer(work: object, topic: str, name: str, start_at: object) -> StageConsumer:
+            def consumer(
+                work: Stage, topic: str, name: str, start_at: Callable[[int], int | None] | None
+            ) -> StageConsumer:
                 return StageConsumer(
-                    work,  # type: ignore[arg-type]
+                    work,
                     topic,
                     self.settings.stream.group_id(kafka.topic_prefix, name),
                     kafka,
@@ -150,7 +157,7 @@ class Stages:
                     tick_every_s=TICK_EVERY_S,
                     skipped=self.metrics.reread,
                     watch=watch,
-                    start_at=start_at,  # type: ignore[arg-type]
+                    start_at=start_at,
                 )
 
             # After a loss the new usage log is read from its beginning (what the old run
@@ -160,7 +167,7 @@ class Stages:
                 budget_stage,
                 topics.budget_contributions,
                 "budgets",
-                contributions_start.get if after_loss else None,
+                contributions_start.get if contributions_start is not None else None,
             )
             stop = asyncio.Event()
 
@@ -200,20 +207,24 @@ class Stages:
                 await asyncio.sleep(RETRY_S)
         return None
 
-    async def _fence(self, producer: AIOKafkaProducer, stopping: asyncio.Event) -> dict[int, int]:
+    async def _fence(
+        self, producer: AIOKafkaProducer, stopping: asyncio.Event
+    ) -> dict[int, int] | None:
         """Fence the changelogs and contributions (``stream.broker_loss``); where the
-        contributions of this run begin. Tried until the new broker has the topics."""
-        topics = self.settings.kafka.topics()
-        while True:
+        contributions of this run begin. The topics are created if the new broker lacks
+        them; tried again until it works, None if stopped first."""
+        kafka = self.settings.kafka
+        topics = kafka.topics()
+        while not stopping.is_set():
             try:
+                await ensure_topics(kafka, self.bootstrap_servers, topics)
                 await write_fence(producer, topics.meter_seen_ids, FENCE_KEY, b"")
                 await write_fence(producer, topics.budget_subjects, FENCE_KEY, b"")
-                return await write_fence(producer, topics.budget_contributions, None, None)
-            except KafkaError as error:
-                if stopping.is_set():
-                    raise
+                return await write_fence(producer, topics.budget_contributions, FENCE_KEY, None)
+            except (KafkaError, BrokerError) as error:
                 log.warning("fencing the old broker's writes off failed (%s); again", error)
                 await asyncio.sleep(RETRY_S)
+        return None
 
     async def _rebuild(self) -> LakeRebuild:
         """Budget states and the dedupe window's ids from the lake's events older than
