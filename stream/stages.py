@@ -102,73 +102,20 @@ class Stages:
     async def _run_once(
         self, stopping: asyncio.Event, watch: LossWatch, *, after_loss: bool
     ) -> None:
-        kafka, topics = self.settings.kafka, self.settings.kafka.topics()
         producer = await self._producer(stopping)
         if producer is None:
             return
         try:
-            contributions_start: dict[int, int] | None = None
+            contributions_start = None
             if after_loss:
                 contributions_start = await self._fence(producer, stopping)
                 if contributions_start is None:
                     return
             rebuilt = await self._rebuild()
             sender = RecordSender(producer)
-            seen_ids = SeenIds(
-                ChangelogTable(topics.meter_seen_ids, kafka, self.bootstrap_servers),
-                self.settings.stream.dedupe_window_s,
-            )
-            seen_ids.seed_from_lake(rebuilt.event_ids, time.time())
-            self.batches.seeds = rebuilt.states
             if after_loss:  # the gateways see the rebuilt spend before the next call
-                now = datetime.now(UTC)
-                states = rebuilt_budget_states(rebuilt.states, self.budgets, now)
-                await delivered(
-                    await sender.send(
-                        topics.budget_state, [(s.key().encode(), encode(s)) for s in states]
-                    )
-                )
-            meter = MeterStage(
-                Meter(load_catalog(self.settings.stream.price_catalog), self.budgets),
-                seen_ids,
-                self.detector,
-                sender,
-                self.metrics,
-                topics,
-            )
-            budget_stage = BudgetStage(
-                self.batches,
-                ChangelogTable(topics.budget_subjects, kafka, self.bootstrap_servers),
-                sender,
-                self.metrics,
-                topics,
-            )
-
-            def consumer(
-                work: Stage, topic: str, name: str, start_at: Callable[[int], int | None] | None
-            ) -> StageConsumer:
-                return StageConsumer(
-                    work,
-                    topic,
-                    self.settings.stream.group_id(kafka.topic_prefix, name),
-                    kafka,
-                    self.bootstrap_servers,
-                    batch_max=BATCH_MAX,
-                    tick_every_s=TICK_EVERY_S,
-                    skipped=self.metrics.reread,
-                    watch=watch,
-                    start_at=start_at,
-                )
-
-            # After a loss the new usage log is read from its beginning (what the old run
-            # metered of it was fenced off), the contributions from after the fence.
-            metering = consumer(meter, topics.usage, "meter", (lambda _: 0) if after_loss else None)
-            keeping = consumer(
-                budget_stage,
-                topics.budget_contributions,
-                "budgets",
-                contributions_start.get if contributions_start is not None else None,
-            )
+                await self._publish(sender, rebuilt)
+            metering, keeping = self._consumers(sender, rebuilt, watch, contributions_start)
             stop = asyncio.Event()
 
             async def keep_budgets() -> None:
@@ -189,6 +136,76 @@ class Stages:
             await _finish(tasks)
         finally:
             await _close(producer)
+
+    def _consumers(
+        self,
+        sender: RecordSender,
+        rebuilt: LakeRebuild,
+        watch: LossWatch,
+        contributions_start: dict[int, int] | None,
+    ) -> tuple[StageConsumer, StageConsumer]:
+        """The meter's and the budgets' consumers, their state seeded from ``rebuilt``.
+
+        After a loss (``contributions_start`` given) the new usage log is read from its
+        beginning (what the old run metered of it was fenced off), the contributions from
+        after the fence.
+        """
+        settings, kafka = self.settings, self.settings.kafka
+        topics = kafka.topics()
+        seen_ids = SeenIds(
+            ChangelogTable(topics.meter_seen_ids, kafka, self.bootstrap_servers),
+            settings.stream.dedupe_window_s,
+        )
+        seen_ids.seed_from_lake(rebuilt.event_ids, time.time())
+        self.batches.seeds = rebuilt.states
+        meter = MeterStage(
+            Meter(load_catalog(settings.stream.price_catalog), self.budgets),
+            seen_ids,
+            self.detector,
+            sender,
+            self.metrics,
+            topics,
+        )
+        budgets = BudgetStage(
+            self.batches,
+            ChangelogTable(topics.budget_subjects, kafka, self.bootstrap_servers),
+            sender,
+            self.metrics,
+            topics,
+        )
+
+        def consumer(
+            stage: Stage, topic: str, name: str, start_at: Callable[[int], int | None] | None
+        ) -> StageConsumer:
+            return StageConsumer(
+                stage,
+                topic,
+                settings.stream.group_id(kafka.topic_prefix, name),
+                kafka,
+                self.bootstrap_servers,
+                batch_max=BATCH_MAX,
+                tick_every_s=TICK_EVERY_S,
+                skipped=self.metrics.reread,
+                watch=watch,
+                start_at=start_at,
+            )
+
+        after_loss = contributions_start is not None
+        return (
+            consumer(meter, topics.usage, "meter", _from_the_beginning if after_loss else None),
+            consumer(
+                budgets,
+                topics.budget_contributions,
+                "budgets",
+                contributions_start.get if contributions_start is not None else None,
+            ),
+        )
+
+    async def _publish(self, sender: RecordSender, rebuilt: LakeRebuild) -> None:
+        """Publish the rebuilt budget states."""
+        states = rebuilt_budget_states(rebuilt.states, self.budgets, datetime.now(UTC))
+        records = [(state.key().encode(), encode(state)) for state in states]
+        await delivered(await sender.send(self.settings.kafka.topics().budget_state, records))
 
     async def _producer(self, stopping: asyncio.Event) -> AIOKafkaProducer | None:
         """A started producer, tried until the broker answers; None if stopped first."""
@@ -253,6 +270,10 @@ class Stages:
                 until.isoformat(),
             )
         return rebuilt
+
+
+def _from_the_beginning(partition: int) -> int:
+    return 0
 
 
 async def _until_any(events: list[asyncio.Event], tasks: list[asyncio.Task[None]]) -> None:
