@@ -3,8 +3,9 @@ every broker loss.
 
 Each *run* of the stages starts the way a worker starts: budget states rebuilt from the
 lake's events older than the usage topic's history (``stream.rebuild``), the ids of the
-lake's events of the last dedupe window known to the meter, then one producer shared by a
-meter consumer and a budgets consumer. A run ends when the worker stops, or when a stage
+lake's events of the last dedupe window known to the meter, the rebuilt states published
+if the broker keeps none, then one producer shared by a meter consumer and a budgets
+consumer. A run ends when the worker stops, or when a stage
 consumer sees that the broker lost its history (``stream.broker_loss``). Then the next
 run does the same on the new broker, after fencing off what the old producer may still
 deliver, and reads the new usage log from its beginning: what the lake holds of it is
@@ -113,7 +114,7 @@ class Stages:
                     return
             rebuilt = await self._rebuild()
             sender = RecordSender(producer)
-            if after_loss:  # the gateways see the rebuilt spend before the next call
+            if after_loss or await self._no_state_kept():
                 await self._publish(sender, rebuilt)
             metering, keeping = self._consumers(sender, rebuilt, watch, contributions_start)
             stop = asyncio.Event()
@@ -201,8 +202,14 @@ class Stages:
             ),
         )
 
+    async def _no_state_kept(self) -> bool:
+        """Whether the broker holds no budget subject's state (a new one, or none spent)."""
+        subjects = self.settings.kafka.topics().budget_subjects
+        return await _log_start(self.settings, self.bootstrap_servers, subjects) is None
+
     async def _publish(self, sender: RecordSender, rebuilt: LakeRebuild) -> None:
-        """Publish the rebuilt budget states."""
+        """Publish the rebuilt budget states, so that the gateways see the spend before
+        the next call (when the broker keeps states, the stored ones are newer)."""
         states = rebuilt_budget_states(rebuilt.states, self.budgets, datetime.now(UTC))
         records = [(state.key().encode(), encode(state)) for state in states]
         await delivered(await sender.send(self.settings.kafka.topics().budget_state, records))
