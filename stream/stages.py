@@ -107,15 +107,11 @@ class Stages:
         if producer is None:
             return
         try:
-            contributions_start = None
-            if after_loss:
-                contributions_start = await self._fence(producer, stopping)
-                if contributions_start is None:
-                    return
-            rebuilt = await self._rebuild()
             sender = RecordSender(producer)
-            if after_loss or await self._no_state_kept():
-                await self._publish(sender, rebuilt)
+            prepared = await self._prepare(sender, stopping, after_loss=after_loss)
+            if prepared is None:
+                return
+            rebuilt, contributions_start = prepared
             metering, keeping = self._consumers(sender, rebuilt, watch, contributions_start)
             stop = asyncio.Event()
 
@@ -231,24 +227,34 @@ class Stages:
                 await asyncio.sleep(RETRY_S)
         return None
 
-    async def _fence(
-        self, producer: AIOKafkaProducer, stopping: asyncio.Event
-    ) -> dict[int, int] | None:
-        """Fence the changelogs and contributions (``stream.broker_loss``); where the
-        contributions of this run begin. The topics are created if the new broker lacks
-        them; tried again until it works, None if stopped first."""
-        kafka = self.settings.kafka
-        topics = kafka.topics()
+    async def _prepare(
+        self, sender: RecordSender, stopping: asyncio.Event, *, after_loss: bool
+    ) -> tuple[LakeRebuild, dict[int, int] | None] | None:
+        """Fence (after a loss), rebuild, publish: the rebuild, and where the contributions
+        of this run begin (None: at the committed offsets). Tried again while the broker
+        does not answer (it may be starting again); None if stopped first."""
         while not stopping.is_set():
             try:
-                await ensure_topics(kafka, self.bootstrap_servers, topics)
-                await write_fence(producer, topics.meter_seen_ids, FENCE_KEY, b"")
-                await write_fence(producer, topics.budget_subjects, FENCE_KEY, b"")
-                return await write_fence(producer, topics.budget_contributions, FENCE_KEY, None)
+                contributions_start = await self._fence(sender.producer) if after_loss else None
+                rebuilt = await self._rebuild()
+                if after_loss or await self._no_state_kept():
+                    await self._publish(sender, rebuilt)
+                return rebuilt, contributions_start
             except (KafkaError, BrokerError) as error:
-                log.warning("fencing the old broker's writes off failed (%s); again", error)
+                log.warning("starting the stages failed (%s); trying again", error)
                 await asyncio.sleep(RETRY_S)
         return None
+
+    async def _fence(self, producer: AIOKafkaProducer) -> dict[int, int]:
+        """Fence the changelogs and contributions (``stream.broker_loss``); where the
+        contributions of this run begin. The topics are created if the new broker lacks
+        them."""
+        kafka = self.settings.kafka
+        topics = kafka.topics()
+        await ensure_topics(kafka, self.bootstrap_servers, topics)
+        await write_fence(producer, topics.meter_seen_ids, FENCE_KEY, b"")
+        await write_fence(producer, topics.budget_subjects, FENCE_KEY, b"")
+        return await write_fence(producer, topics.budget_contributions, FENCE_KEY, None)
 
     async def _rebuild(self) -> LakeRebuild:
         """Budget states and the dedupe window's ids from the lake's events older than
