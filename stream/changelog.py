@@ -13,6 +13,11 @@ On Kafka the changelog is compacted: a restore reads about one record per key st
 live (the budgets' subjects; the meter's batches of ids within the dedupe window). A
 restore reads to the high watermark its fetches report
 (``tollgate.kafka.read_to_high_watermark`` says why not to ``end_offsets``).
+
+After the broker lost its history, a worker writes a *fence* (``FENCE_KEY``) to every
+partition before its stages start again (``stream.broker_loss``): what lies before it is
+not the new broker's history but writes of the dead one's producers, delivered late. A
+restore forgets what it read before the last fence.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from tollgate.kafka import client_options, read_to_high_watermark
 from tollgate.settings import KafkaSettings
 
 RESTORE_TIMEOUT_S = 120.0
+FENCE_KEY = b"\x00tollgate-fence"
+"""No stage's key: a key is a state key or a zero-padded offset."""
 _READ_MAX = 20_000
 
 
@@ -104,7 +111,9 @@ class ChangelogTable:
                 for tp, records in batches.items():
                     state = self._partitions[tp.partition]
                     for record in records:
-                        if record.value is None:
+                        if record.key == FENCE_KEY:
+                            state.clear()
+                        elif record.value is None:
                             state.pop(record.key, None)
                         else:
                             state[record.key] = record.value

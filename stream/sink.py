@@ -8,7 +8,8 @@ too, after each range is written, so the group's lag shows in the usual tools.
 
 Exactly once, per partition: ``stream.sink_files`` states the invariant the writes keep,
 ``stream.sink_partition`` how a start checks the broker's log and completes the newest
-range; ``stream.sink_dedupe`` how a second copy of an event is dropped.
+range; ``stream.sink_dedupe`` how a second copy of an event is dropped, also one resent
+after the broker lost its log.
 
 Rebalances: on revocation the revoked partitions' buffers are dropped (the next owner
 reads them again, resuming from the lake), queued writes of theirs are skipped, and a
@@ -31,13 +32,14 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream.gc_tuning import fewer_collections
 from stream.sink_dedupe import RecentIds
-from stream.sink_files import PartitionHistory, recent_ids, scan, write_range
+from stream.sink_files import PartitionHistory, lake_ids, recent_ids, scan, write_range
 from stream.sink_metrics import SinkMetrics
 from stream.sink_partition import PartitionSink, RangeWrite, Taken
 from stream.sink_rows import DECODERS, ID_COLUMNS
@@ -157,6 +159,7 @@ class LakeSink:
         self._count(tp, part, taken)
         if taken.read_from_beginning:
             self._new_log(part, taken.why)
+            await self._know_the_lake(part)
             consumer.seek(tp, 0)
         for write in taken.writes:
             await self._queue.put(_Job(tp, part, write))
@@ -212,6 +215,19 @@ class LakeSink:
             why,
             part.generation,
         )
+
+    async def _know_the_lake(self, part: PartitionSink) -> None:
+        """Have the new generation drop what the lake already holds of the partition's
+        events of the last dedupe window: a gateway resends what the dead broker had
+        acknowledged (``TOLLGATE_STREAM_DEDUPE_WINDOW_S``, by the rows' date column)."""
+        if part.seen is None or part.id_column is None:
+            return
+        since = datetime.now(UTC) - timedelta(seconds=self.settings.stream.dedupe_window_s)
+        ids = await asyncio.to_thread(
+            lake_ids, self.lake, part.sub_lake, part.id_column, part.topic, part.partition, since
+        )
+        part.seen.know(ids)
+        log.info("%s[%d]: %d ids the lake holds known", part.topic, part.partition, len(ids))
 
     def _count(self, tp: TopicPartition, part: PartitionSink, taken: Taken) -> None:
         """Count (and log) what ``taken`` dropped, once per offset: a rebalance or a

@@ -8,12 +8,20 @@ offset. The same id at the same offset is the same record read again (a restart
 completing its newest range) and is kept. Seeded on start from the lake's newest files
 (``sink_files.recent_ids``); a copy older than the window is left to compaction, which
 drops every copy of a day (copies share ``end_time``, hence a date).
+
+When the broker lost its log, the partition starts a new generation from offset 0, and
+a gateway may resend events the dead broker had acknowledged: every id remembered then
+counts as a copy, and so do the ids the lake holds of the partition's recent events
+(``know``), until the new generation is ``window_offsets`` long.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+
+_ANY_COPY = -1
+"""The offset of an id no record can be the first copy of (none has offset -1)."""
 
 
 class RecentIds:
@@ -52,7 +60,18 @@ class RecentIds:
         """The partition's log starts again (a new generation): offsets no longer tell a
         record read again from a copy, so every id remembered counts as a copy."""
         for event_id in self._offsets:
-            self._offsets[event_id] = -1
+            self._offsets[event_id] = _ANY_COPY
+        self._chunks = deque([(_ANY_COPY, list(self._offsets))] if self._offsets else [])
+
+    def know(self, ids: Iterable[str]) -> None:
+        """Count every copy of ``ids`` (the lake holds them) as a second one."""
+        if not self.window_offsets:
+            return
+        new = [event_id for event_id in ids if event_id not in self._offsets]
+        for event_id in new:
+            self._offsets[event_id] = _ANY_COPY
+        if new:
+            self._chunks.appendleft((_ANY_COPY, new))
 
     def _expire(self, below: int) -> None:
         while self._chunks and self._chunks[0][0] < below:

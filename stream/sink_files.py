@@ -33,15 +33,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from tollgate.lake import ALERTS, BUDGET_STATE, PRICED, lake_dates, partition_dir, write_parquet
-from tollgate.lake_names import PARQUET_SUFFIX, RangeName
+from tollgate.lake import (
+    ALERTS,
+    BUDGET_STATE,
+    PRICED,
+    SCHEMAS,
+    lake_dates,
+    partition_date,
+    partition_dir,
+    write_parquet,
+)
+from tollgate.lake_names import PARQUET_SUFFIX, RangeName, live_files
 
 DATE_COLUMNS: dict[str, str] = {PRICED: "end_time", ALERTS: "time", BUDGET_STATE: "as_of_time"}
 """The instant whose UTC date places a row of each sub-lake (see ``tollgate.lake``)."""
@@ -133,6 +142,30 @@ def recent_ids(history: PartitionHistory, id_column: str, since_offset: int) -> 
     ):
         first.setdefault(event_id, offset)
     return first
+
+
+def lake_ids(
+    lake: Path, sub_lake: str, id_column: str, topic: str, partition: int, since: datetime
+) -> set[str]:
+    """The ids the lake holds from ``topic``'s ``partition``, any generation, of rows
+    placed at ``since`` or later: what a new generation must not write again."""
+    column = DATE_COLUMNS[sub_lake]
+    paths = [
+        str(path)
+        for day in lake_dates(lake, sub_lake)
+        if day >= partition_date(since)
+        for path in live_files(partition_dir(lake, day, sub_lake))
+    ]
+    if not paths:
+        return set()
+    schema = SCHEMAS[sub_lake]
+    dataset = ds.dataset(paths, schema=schema, format="parquet")
+    condition = (
+        (ds.field("_topic") == topic)
+        & (ds.field("_partition") == partition)
+        & (ds.field(column) >= pa.scalar(since, schema.field(column).type))
+    )
+    return set(dataset.to_table(columns=[id_column], filter=condition).column(0).to_pylist())
 
 
 def write_range(

@@ -23,6 +23,11 @@ rebalance listener runs, and ignores what the listener raises: a restore there c
 cost the membership, or fail unseen.) A batch whose processing fails makes every
 partition start over the same way.
 
+A broker that lost its history (``stream.broker_loss``) shows here first: a partition's
+committed offset went missing or backwards since this consumer committed it, or its log
+ends before records already processed. The consumer reports it to its ``LossWatch`` and
+stops, taking no record of the new log with the old state.
+
 What this cannot fence off is a member that stalls past its session timeout in the
 middle of a batch: the group gives its partitions to another worker without a
 revocation, and the writes it makes when it wakes up land late. Kafka Streams fences
@@ -34,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -41,6 +47,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
 
+from stream.broker_loss import LossWatch
 from tollgate.kafka import consumer_options
 from tollgate.settings import KafkaSettings
 
@@ -85,7 +92,11 @@ class StageConsumer:
         batch_max: int,
         tick_every_s: float,
         skipped: Counter | None = None,
+        watch: LossWatch | None = None,
+        start_at: Callable[[int], int | None] | None = None,
     ) -> None:
+        """``start_at``: where a partition starts the first time this consumer takes it
+        over, instead of the group's committed offset (None: there), committed at once."""
         self.stage = stage
         self.topic = topic
         self.group_id = group_id
@@ -100,6 +111,13 @@ class StageConsumer:
         """Partitions assigned but not taken over yet: state restored, position set."""
         self._seeks: dict[int, tuple[int, int]] = {}
         """Per partition, the offset last sought back to and how many times in a row."""
+        self._committed: dict[int, int] = {}
+        """Per partition, the offset this consumer last committed (kept after it let the
+        partition go: the group's committed offset can only be higher when it comes back)."""
+        self._watch = watch or LossWatch()
+        self._start_at = start_at
+        self._started: set[int] = set()
+        """Partitions ``start_at`` was applied to."""
         self._lock = asyncio.Lock()
 
     @property
@@ -117,12 +135,17 @@ class StageConsumer:
         await consumer.start()
         try:
             next_tick = time.monotonic() + self._tick_every_s
-            while not stop.is_set():
+            lost = self._watch.lost
+            while not stop.is_set() and not lost.is_set():
                 if self._waiting:
                     async with self._lock:
                         await self._take_over(consumer)
+                    if lost.is_set():
+                        break
                 batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=self._batch_max)
                 async with self._lock:
+                    if self._log_went_back(consumer):
+                        break
                     records = await self._in_order(consumer, batches)
                     if records:
                         await self._process(consumer, records)
@@ -234,6 +257,34 @@ class StageConsumer:
             # Not committed (the group moved on, or the broker refused): whoever reads these
             # again drops what the state counted already.
             log.info("%s: commit skipped (%s)", self.topic, error)
+            return
+        for tp, offset in offsets.items():
+            self._committed[tp.partition] = offset
+
+    def _log_went_back(self, consumer: AIOKafkaConsumer) -> bool:
+        """Whether a partition's log now ends before records processed from it: the
+        broker lost it (reported to the watch)."""
+        for partition, next_offset in self._next.items():
+            end = consumer.highwater(TopicPartition(self.topic, partition))
+            if end is not None and end < next_offset:
+                self._watch.report(
+                    f"{self.topic}[{partition}] ends at offset {end}, "
+                    f"before {next_offset} already processed"
+                )
+                return True
+        return False
+
+    def _committed_went_back(self, tp: TopicPartition, committed: int | None) -> bool:
+        """Whether the group's committed offset of ``tp`` is missing or lower than this
+        consumer committed it: the broker lost it (reported to the watch)."""
+        mine = self._committed.get(tp.partition)
+        if mine is None or (committed is not None and committed >= mine):
+            return False
+        self._watch.report(
+            f"{self.topic}[{tp.partition}]: the group's committed offset is {committed}, "
+            f"{mine} was committed"
+        )
+        return True
 
     def _start_over(self) -> None:
         """Every partition taken over again: its state restored from the changelog, its
@@ -247,15 +298,24 @@ class StageConsumer:
         """Restore and position the partitions waiting; on a failure, try again later."""
         partitions = set(self._waiting)
         try:
-            await self.stage.take_over(partitions)
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             starts = await consumer.beginning_offsets(tps)
             offsets: dict[TopicPartition, int] = {}
+            first_starts: dict[TopicPartition, int] = {}
             for tp in tps:
                 committed = await consumer.committed(tp)
-                offsets[tp] = (
-                    starts[tp] if committed is None or committed < starts[tp] else committed
-                )
+                if self._committed_went_back(tp, committed):
+                    return  # before any state is restored from the new broker
+                start = None
+                if self._start_at is not None and tp.partition not in self._started:
+                    start = self._start_at(tp.partition)
+                if start is not None:
+                    offsets[tp] = first_starts[tp] = max(start, starts[tp])
+                else:
+                    offsets[tp] = (
+                        starts[tp] if committed is None or committed < starts[tp] else committed
+                    )
+            await self.stage.take_over(partitions)
         except Exception:
             log.exception(
                 "%s: taking partitions %s over failed; trying again", self.topic, sorted(partitions)
@@ -266,6 +326,9 @@ class StageConsumer:
         for tp, offset in offsets.items():
             consumer.seek(tp, offset)
             self._next[tp.partition] = offset
+        if first_starts:
+            await self._commit(consumer, first_starts)
+        self._started |= partitions
         self._waiting -= partitions
         log.info("%s: took partitions %s", self.topic, sorted(self._next))
 

@@ -20,7 +20,12 @@ from stream.budget_engine import (
     contributions_for,
     to_budget_state,
 )
-from stream.rebuild import oldest_live_instant, rebuild_states, rebuilt_budget_states
+from stream.rebuild import (
+    oldest_live_instant,
+    rebuild_from_lake,
+    rebuild_states,
+    rebuilt_budget_states,
+)
 from tests.factories import make_budget, make_priced
 from tollgate.contract import (
     EACH,
@@ -305,3 +310,45 @@ def test_the_oldest_live_instant_is_where_each_window_begins() -> None:
 def fed(event: PricedEvent, budgets: BudgetIndex, offset: int) -> list[Contribution]:
     """``event``'s contributions as a new broker would number them (partition 0)."""
     return contributions_for(event, budgets, partition=0, offset=offset)
+
+
+def test_the_ids_of_recent_events_come_from_the_same_read_as_the_states(tmp_path: Path) -> None:
+    """The meter drops a resent event exactly when the rebuilt states counted it: ids of
+    events that ended in ``[ids_since, until)``, spent or not, each once."""
+    budgets = BudgetIndex([HOURLY_TOKENS])
+    until = MIDDAY - timedelta(minutes=5)
+    before = make_priced(time=MIDDAY - timedelta(hours=3))  # older than the dedupe window
+    counted = make_priced(time=MIDDAY - timedelta(minutes=30))
+    free = make_priced(
+        time=MIDDAY - timedelta(minutes=20),
+        input_tokens=0,
+        cache_read_input_tokens=0,
+        output_tokens=0,
+        input_cost_usd=Decimal(0),
+        cache_read_cost_usd=Decimal(0),
+        output_cost_usd=Decimal(0),
+    )
+    other = make_priced(time=MIDDAY - timedelta(minutes=15), tenant="globex")
+    newer = make_priced(time=MIDDAY - timedelta(minutes=1))  # on the new log: counted live
+    write_lake(tmp_path, [before, counted, counted, free, other, newer])
+
+    rebuilt = rebuild_from_lake(
+        tmp_path, budgets, MIDDAY, until, ids_since=MIDDAY - timedelta(hours=1)
+    )
+
+    assert rebuilt.event_ids == {e.event_id.bytes for e in (counted, free, other)}
+    assert rebuilt.states == rebuild_states(tmp_path, budgets, MIDDAY, until)
+    (state,) = rebuilt_budget_states(rebuilt.states, budgets, MIDDAY)
+    assert state.spent_tokens == counted.input_tokens + counted.output_tokens
+
+
+def test_without_budgets_the_recent_ids_are_still_read(tmp_path: Path) -> None:
+    event = make_priced(time=MIDDAY - timedelta(minutes=30))
+    write_lake(tmp_path, [event])
+
+    rebuilt = rebuild_from_lake(
+        tmp_path, BudgetIndex(), MIDDAY, ids_since=MIDDAY - timedelta(hours=1)
+    )
+
+    assert rebuilt.states == {}
+    assert rebuilt.event_ids == {event.event_id.bytes}

@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -565,3 +565,44 @@ async def test_a_broker_that_lost_its_log_starts_a_new_generation_and_loses_noth
     assert by_id(table_to_priced(lake_table(lake, PRICED))) == by_id(before + after)
     generations = {(n.partition, n.generation) for n in range_files(lake).values()}
     assert generations == {(p, g) for p in range(3) for g in (0, 1)}
+
+
+def recent_events(count: int) -> list[PricedEvent]:
+    """Events of several tenants that ended in the last minutes (within the dedupe window)."""
+    now = datetime.now(UTC)
+    return [
+        make_priced(tenant=TENANTS[i % len(TENANTS)], time=now - timedelta(seconds=count - i))
+        for i in range(count)
+    ]
+
+
+async def test_events_the_lake_holds_sent_again_to_a_new_broker_are_not_stored_twice(
+    kafka_settings: KafkaSettings, own_broker_port: int, tmp_path: Path
+) -> None:
+    """After a broker loss gateways resend what the dead broker had acknowledged. A sink
+    started on the new broker knows, from the lake, every recent event of the partition,
+    whichever generation it was written in."""
+    kafka = own_settings(kafka_settings, own_broker_port)
+    topics = kafka.topics()
+    address = kafka.bootstrap_servers or ""
+    own = await start_own_broker(own_broker_port, kafka, topics)
+    lake = tmp_path / "lake"
+    settings = sink_settings(kafka, lake)
+    first, second, third = recent_events(60), recent_events(60), recent_events(30)
+    for written, events in ((60, first), (120, second)):
+        async with running_sink(settings, address):
+            await produce(kafka, address, topics.priced, priced_records(events))
+            await until_rows(lake, written)
+        kill(own)
+        own = await start_own_broker(own_broker_port, kafka, topics)
+    generations = {n.generation for n in range_files(lake).values()}
+    assert generations == {0, 1}
+
+    await produce(kafka, address, topics.priced, priced_records(first + second + third))
+    async with running_sink(settings, address) as sink:
+        await until_rows(lake, 150)
+        await asyncio.sleep(0.5)
+        assert _duplicates(sink) == 120
+
+    ids = Counter(lake_table(lake, PRICED)["event_id"].to_pylist())
+    assert ids == Counter(str(event.event_id) for event in first + second + third)

@@ -486,15 +486,21 @@ async def test_after_the_broker_lost_its_history_budgets_carry_over_from_the_lak
     worker = StreamWorker(env, tmp_path / "worker.log").start()
     states = await TopicReader(kafka_settings, broker, topics.budget_state).start()
     try:
-        await produce(kafka_settings, broker, topics.usage, usage_records([now_usage()]))
+        # The broker keeps no state: the rebuilt one is published before any new call.
         await states.wait_for(
             lambda r: any(_state(x).budget_id == "acme-tokens" for x in r), timeout_s=60
         )
+        await produce(kafka_settings, broker, topics.usage, usage_records([now_usage()]))
+        await states.wait_for(
+            lambda r: sum(_state(x).budget_id == "acme-tokens" for x in r) == 2, timeout_s=60
+        )
+        await states.settle()
     finally:
         worker.stop()
         await states.stop()
-    (state,) = [_state(r) for r in states.records if _state(r).budget_id == "acme-tokens"]
-    assert state.spent_tokens == 10 * 1300 + 1300  # ten from the lake, once each; one new
+    rebuilt, state = [_state(r) for r in states.records if _state(r).budget_id == "acme-tokens"]
+    assert rebuilt.spent_tokens == 10 * 1300  # ten from the lake, once each
+    assert state.spent_tokens == 10 * 1300 + 1300  # and one new
     assert state.status is BudgetStatus.EXCEEDED
 
 

@@ -117,7 +117,10 @@ class StreamSettings(Section):
     webhooks_file: Path | None = None
     """YAML list of webhook targets that alerts are delivered to."""
     dedupe_window_s: Seconds = 3600
-    """How long a usage event's id is remembered to drop redeliveries of it."""
+    """How long a usage event's id is remembered to drop redeliveries of it. Also, after
+    the broker lost its history, how far back (by ``end_time``) the meter and the sink
+    recognise an event the lake holds when it comes again: a gateway must not resend an
+    event that ended longer ago than this."""
     anomaly_bucket_s: Annotated[int, Field(gt=0)] = 60
     """Cost anomalies are watched on spend per bucket of this many seconds."""
     anomaly_warmup_buckets: Annotated[int, Field(ge=0)] = 30
