@@ -60,7 +60,12 @@ def create_app(parts: GatewayParts) -> web.Application:
         settings.kafka,
         parts.bootstrap_servers,
         topics.usage,
-        Spool(settings.gateway.spool_dir, max_bytes=settings.gateway.spool_max_bytes),
+        Spool(
+            settings.gateway.spool_dir,
+            max_bytes=settings.gateway.spool_max_bytes,
+            retain_s=settings.gateway.spool_retain_s,
+            refused_share=settings.gateway.spool_refused_share,
+        ),
     )
     book = BudgetBook(fail_open=settings.gateway.budget_fail_open)
     feed = BudgetFeed(settings.kafka, parts.bootstrap_servers, topics.budget_state, book)
@@ -179,7 +184,7 @@ def _watch_components(metrics: GatewayMetrics, emitter: UsageEmitter, feed: Budg
     )
     metrics.watch(
         "tollgate_gateway_events_spooled",
-        "Usage events written to the spool",
+        "Usage events written to the write-ahead log (the spool)",
         lambda: stats.spooled,
     )
     metrics.watch(
@@ -188,5 +193,12 @@ def _watch_components(metrics: GatewayMetrics, emitter: UsageEmitter, feed: Budg
         lambda: stats.dropped,
     )
     metrics.watch(
-        "tollgate_gateway_spool_bytes", "Bytes waiting in the spool", lambda: stats.spool_bytes
+        "tollgate_gateway_events_resent",
+        "Shipped usage events shipped again to a broker that lost them",
+        lambda: stats.resent,
+    )
+    metrics.watch(
+        "tollgate_gateway_spool_bytes",
+        "Bytes in the spool not yet shipped",
+        lambda: stats.spool_bytes,
     )

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,10 @@ class EmbeddedBroker:
                     url,
                     "--storage-engine",
                     "memory://tansu/",
+                    # A new id at each start: clients that see it change know that what
+                    # they had sent is gone (the gateway then sends its log again).
+                    "--cluster-id",
+                    f"tollgate-embedded-{uuid.uuid4().hex}",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
