@@ -42,11 +42,16 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import BrokerResponseError, KafkaConnectionError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from gateway.spool import Spool
 from tollgate.contract import REJECTED_STATUSES, UsageEvent, encode
-from tollgate.kafka import client_options, producer_options
+from tollgate.kafka import (
+    client_options,
+    idempotence_refused,
+    producer_options,
+    refuses_idempotence,
+)
 from tollgate.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -448,13 +453,10 @@ class UsageEmitter:
             await self._close(producer)
             if not isinstance(error, Exception):
                 raise
-            if isinstance(error, BrokerResponseError) and self._kafka.effective_idempotence:
+            if refuses_idempotence(self._kafka, error):
                 log.error(
-                    "broker at %s refuses idempotent producers (InitProducerId: %r); the "
-                    "embedded broker does: set TOLLGATE_KAFKA_IDEMPOTENCE=false. Usage events "
-                    "wait in the log %s",
-                    self._bootstrap_servers,
-                    error,
+                    "%s. Usage events wait in the log %s",
+                    idempotence_refused(self._bootstrap_servers, error),
                     self._spool.directory,
                 )
             else:

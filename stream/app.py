@@ -45,7 +45,12 @@ from stream.seen_ids import SeenIds
 from stream.stage_consumer import Stage, StageConsumer
 from stream.webhooks import WebhookSender, load_webhook_targets
 from tollgate.contract import Alert, BudgetDefinition, decode
-from tollgate.kafka import client_options, producer_options, read_to_high_watermark
+from tollgate.kafka import (
+    client_options,
+    producer_options,
+    read_to_high_watermark,
+    start_producer,
+)
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
 
@@ -122,10 +127,11 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
 
         async def on_start(self) -> None:
             self.stopping = asyncio.Event()
+            self.tasks: list[asyncio.Task[None]] = []
             self.producer = AIOKafkaProducer(
                 **producer_options(kafka, bootstrap_servers), max_batch_size=PRODUCE_BATCH_BYTES
             )
-            await self.producer.start()
+            await start_producer(self.producer, kafka, bootstrap_servers)
             sender = RecordSender(self.producer)
 
             def table(topic: str) -> ChangelogTable:
@@ -177,7 +183,9 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
 
         async def on_stop(self) -> None:
             self.stopping.set()
-            _, pending = await asyncio.wait(self.tasks, timeout=STOP_WAIT_S)
+            # A start that failed (a broker refusing the producer) has no stage running.
+            tasks = getattr(self, "tasks", [])
+            _, pending = await asyncio.wait(tasks, timeout=STOP_WAIT_S) if tasks else ((), ())
             for task in pending:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -425,7 +425,7 @@ def test_crossing_80_percent_of_the_bound_warns_once_until_usage_falls_below_aga
 def test_shipped_records_are_kept_and_a_rewind_makes_them_due_again(tmp_path: Path) -> None:
     with Spool(tmp_path, retain_s=60, segment_bytes=64) as spool:
         spool.append(records(20))
-        batch, cursor = spool.read_batch(20)
+        _, cursor = spool.read_batch(20)
         spool.ack(cursor, {"cluster": "a"})
         assert spool.pending_records == 0
         spool.append(records(2, start=20))

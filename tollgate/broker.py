@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -206,3 +207,21 @@ def running_broker(kafka: KafkaSettings, log_path: Path | None = None) -> Iterat
     with EmbeddedBroker(log_path=log_path) as broker:
         asyncio.run(ensure_topics(kafka, broker.bootstrap_servers, kafka.topics()))
         yield broker.bootstrap_servers
+
+
+def embedded_broker_environment(kafka: KafkaSettings, bootstrap_servers: str) -> list[str]:
+    """``NAME=value`` for every setting another process needs to use the embedded broker.
+
+    Its memory engine refuses idempotent producers, and its group joins wait the whole
+    session timeout: a process that only knew the address would treat it as a cluster.
+    """
+    environment = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "TOLLGATE_KAFKA_IDEMPOTENCE": "false",
+        "TOLLGATE_KAFKA_SESSION_TIMEOUT_S": f"{kafka.effective_session_timeout_s:g}",
+    }
+    if kafka.topic_prefix:
+        environment["TOLLGATE_KAFKA_TOPIC_PREFIX"] = kafka.topic_prefix
+    if kafka.partitions != KafkaSettings.model_fields["partitions"].default:
+        environment["TOLLGATE_KAFKA_PARTITIONS"] = str(kafka.partitions)
+    return [f"{name}={shlex.quote(value)}" for name, value in environment.items()]
