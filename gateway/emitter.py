@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
-from gateway.spool import Spool
+from gateway.spool import Spool, SpoolCursor
 from tollgate.contract import REJECTED_STATUSES, UsageEvent, encode
 from tollgate.kafka import (
     client_options,
@@ -81,6 +81,10 @@ class EmitterStats:
     """Events waiting in memory for their write."""
     spool_bytes: int = 0
     """Bytes in the log not yet shipped."""
+
+
+class _NotShipped(Exception):
+    """The broker did not acknowledge a whole batch; it stays due."""
 
 
 @dataclass
@@ -299,10 +303,12 @@ class UsageEmitter:
         everything is shipped.
         """
         backoff_s = self._reconnect_min_s
+        batch: tuple[list[bytes], SpoolCursor] | None = None
         while True:
             if self._stopped and self._spool.pending_records == 0:
                 return
             if self._producer is None:
+                batch = None
                 self._producer = await self._connect()
                 if self._producer is None:
                     await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
@@ -314,27 +320,35 @@ class UsageEmitter:
                     self._spool.pending_records,
                 )
             if self._spool.pending_records == 0:
+                batch = None
                 self._spool_changed.clear()
                 await self._spool_changed.wait()
                 continue
             try:
-                shipped = await self._ship_batch(self._producer)
+                if batch is None or not batch[0]:
+                    batch = await asyncio.to_thread(self._spool.read_batch, self._batch_max)
+                batch = await self._ship_batch(self._producer, *batch)
+                shipped = True
+            except _NotShipped:
+                batch, shipped = None, False
             except Exception:  # the log's disk, or a bug: what is not shipped stays due
                 log.exception("usage emitter: unexpected error while shipping the log")
-                shipped = False
+                batch, shipped = None, False
             if shipped:
                 backoff_s = self._reconnect_min_s
             else:
                 await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
                 backoff_s = min(2 * backoff_s, self._reconnect_max_s)
 
-    async def _ship_batch(self, producer: AIOKafkaProducer) -> bool:
-        """Send the oldest due batch; True once the broker acknowledged all of it."""
-        records, cursor = await asyncio.to_thread(self._spool.read_batch, self._batch_max)
+    async def _ship_batch(
+        self, producer: AIOKafkaProducer, records: list[bytes], cursor: SpoolCursor
+    ) -> tuple[list[bytes], SpoolCursor] | None:
+        """Send one batch; once the broker acknowledged all of it, mark it shipped and
+        return the next batch (None: read it afresh). Raises ``_NotShipped`` otherwise."""
         if not records:  # counted but unreadable (damaged on disk): wait for new records
             self._spool_changed.clear()
             await self._spool_changed.wait()
-            return True
+            return None
         items: list[Item] = []
         for record in records:
             (length,) = _KEY_LENGTH.unpack_from(record)
@@ -343,14 +357,16 @@ class UsageEmitter:
         sent = await self._send(producer, items, self._send_timeout_s)
         if sent.failed:
             await self._lose(producer, sent.reason)
-            return False
+            raise _NotShipped
         if self._went_backwards(sent.offsets):
             await self._rewind(f"offsets of {self._topic} went backwards")
-            return True
+            return None
         for partition, (_, highest) in sent.offsets.items():
             self._offsets[partition] = highest
         self._cluster_shipped_to = self._cluster
-        await asyncio.to_thread(self._spool.ack, cursor, self._mark())
+        following = await asyncio.to_thread(
+            self._spool.ack_and_read, cursor, self._mark(), self._batch_max
+        )
         self.stats.emitted += sent.delivered
         self.stats.spool_bytes = self._spool.size_bytes
         if sent.too_large:
@@ -358,7 +374,7 @@ class UsageEmitter:
             ids = [_event_id(value) for value in sent.too_large]
             self.stats.dropped += len(ids)
             log.error("usage events too large for the broker, dropped: %s", " ".join(ids))
-        return True
+        return following
 
     def _went_backwards(self, offsets: dict[int, tuple[int, int]]) -> bool:
         return any(

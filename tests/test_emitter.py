@@ -375,7 +375,11 @@ def test_a_torn_record_at_the_tail_is_ignored_and_earlier_ones_are_kept(
         spool.append(records(3))
     (segment,) = tmp_path.glob("*.seg")
     data = segment.read_bytes()
-    torn = data[:-5] if damage == "cut mid-record" else data + b"\x00\x00\x00\x09partial"
+    end = len(data.rstrip(b"\x00"))  # a segment is created full of zeros
+    if damage == "cut mid-record":  # the last record's last bytes never reached the disk
+        torn = data[: end - 5] + bytes(len(data) - end + 5)
+    else:  # a record half-written after the last one
+        torn = data[:end] + b"\x00\x00\x00\x09partial" + data[end + 15 :]
     segment.write_bytes(torn)
 
     with Spool(tmp_path) as reopened:
