@@ -61,7 +61,9 @@ BATCH_MAX = 2000
 when quiet the one record there is (no waiting to fill it)."""
 TICK_EVERY_S = 1.0
 PRODUCE_BATCH_BYTES = 1 << 20
-STOP_WAIT_S = 15.0
+STOP_WAIT_S = 6.0
+"""How long a stopping worker lets its stages finish their batch, so that it exits within
+10 s of SIGTERM; a batch cut short is read again (at least once)."""
 DEFINITIONS_WAIT_S = 60.0
 
 
@@ -165,12 +167,13 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             keeping = consumer(budget_stage, topics.budget_contributions, "budgets")
 
             async def keep_budgets() -> None:
-                await seeded.wait()
+                if not await _set_before(seeded, self.stopping):
+                    return
                 # A contribution to a budget not yet known would be dropped as an orphan,
                 # and a restored subject of it deleted.
-                try:
-                    await asyncio.wait_for(definitions_read.wait(), DEFINITIONS_WAIT_S)
-                except TimeoutError:
+                if not await _set_before(definitions_read, self.stopping, DEFINITIONS_WAIT_S):
+                    if self.stopping.is_set():
+                        return
                     log.warning("budget definitions topic not read in time; going on without")
                 await keeping.run(self.stopping)
 
@@ -184,8 +187,16 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
         async def on_stop(self) -> None:
             self.stopping.set()
             # A start that failed (a broker refusing the producer) has no stage running.
-            tasks = getattr(self, "tasks", [])
+            tasks = [task for task in getattr(self, "tasks", []) if not task.done()]
+            if tasks:
+                log.info(
+                    "stopping: the %s stage(s) finish their batch (at most %.0f s)",
+                    " and ".join(task.get_name() for task in tasks),
+                    STOP_WAIT_S,
+                )
             _, pending = await asyncio.wait(tasks, timeout=STOP_WAIT_S) if tasks else ((), ())
+            if pending:
+                log.warning("stopping: %d stage(s) cut after %.0f s", len(pending), STOP_WAIT_S)
             for task in pending:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -193,6 +204,20 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             await self.producer.stop()
 
     return app
+
+
+async def _set_before(
+    event: asyncio.Event, stopping: asyncio.Event, timeout_s: float | None = None
+) -> bool:
+    """Whether ``event`` is set before ``stopping`` is (and within ``timeout_s``): a
+    stopping worker does not wait out its start-up waits."""
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return event.is_set() and not stopping.is_set()
 
 
 def _crash_on_failure(task: asyncio.Task[None]) -> None:
