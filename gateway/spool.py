@@ -42,7 +42,6 @@ import contextlib
 import json
 import logging
 import os
-import struct
 import threading
 import time
 import zlib
@@ -51,17 +50,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.spool_segments import (
+    DIRECTORY_MODE,
+    FILE_MODE,
+    HEADER,
+    LENGTH_MASK,
+    REFUSED_BIT,
+    create_segment,
+    fsync_directory,
+    scan,
+    zero,
+    zeros_after,
+)
+
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">II")
-_REFUSED_BIT = 1 << 31
-_LENGTH_MASK = _REFUSED_BIT - 1
 _SUFFIX = ".seg"
 _ACKED = "acked"
 _ACKED_SAVE_EVERY_S = 0.25
 _READ_MAX_BYTES = 1 << 20
-DIRECTORY_MODE = 0o700
-FILE_MODE = 0o600
 
 
 @dataclass(frozen=True, order=True)
@@ -97,13 +104,6 @@ class _Segment:
     """Wall-clock time of the last append (the file's mtime after a restart)."""
     sealed: bool = False
     """Damaged in the middle: never appended to again, since appends go to the file's end."""
-
-
-@dataclass(frozen=True)
-class _Tally:
-    end: int
-    records: int
-    refused_bytes: int
 
 
 class Spool:
@@ -180,7 +180,7 @@ class Spool:
             refused_size = self._refused_bytes
             full = False
             for index, record in enumerate(records):
-                framed = _HEADER.size + len(record)
+                framed = HEADER.size + len(record)
                 if full or (flags[index] and refused_size + framed > self._refused_max):
                     dropped.append(index)
                 elif size + framed > self.max_bytes:
@@ -219,7 +219,7 @@ class Spool:
                     segment, position.offset, max_records - len(records)
                 )
                 records += got
-                size += sum(_HEADER.size + len(record) for record in got)
+                size += sum(HEADER.size + len(record) for record in got)
                 refused_size += got_refused
             cursor = SpoolCursor(self._acked, position, len(records), size, refused_size)
             return records, cursor
@@ -297,9 +297,9 @@ class Spool:
         )
         for number in numbers:
             path = self._path(number)
-            tally = _scan(path)
+            tally = scan(path)
             stat = path.stat()
-            clean = _zeros_after(path, tally.end)
+            clean = zeros_after(path, tally.end)
             if not clean:
                 if number == numbers[-1]:
                     log.warning(
@@ -308,7 +308,7 @@ class Spool:
                         path.name,
                         tally.end,
                     )
-                    _zero(path, tally.end, stat.st_size)
+                    zero(path, tally.end, stat.st_size)
                 else:
                     log.error(
                         "spool %s: %s is corrupt after byte %d; %d bytes of it are unreadable",
@@ -341,7 +341,7 @@ class Spool:
             if segment.number < self._acked.segment:
                 continue
             if segment.number == self._acked.segment and self._acked.offset > 0:
-                tally = _scan(segment.path, self._acked.offset, segment.end)
+                tally = scan(segment.path, self._acked.offset, segment.end)
                 self._pending += tally.records
                 self._size_bytes += tally.end - self._acked.offset
                 self._refused_bytes += tally.refused_bytes
@@ -379,11 +379,11 @@ class Spool:
             chunk_bytes = chunk_refused = 0
             for index in range(written, len(records)):
                 record = records[index]
-                framed = _HEADER.size + len(record)
+                framed = HEADER.size + len(record)
                 if chunk and segment.end + chunk_bytes + framed > self.segment_bytes:
                     break
-                length = len(record) | (_REFUSED_BIT if refused[index] else 0)
-                chunk += [_HEADER.pack(length, zlib.crc32(record)), record]
+                length = len(record) | (REFUSED_BIT if refused[index] else 0)
+                chunk += [HEADER.pack(length, zlib.crc32(record)), record]
                 chunk_bytes += framed
                 chunk_refused += framed if refused[index] else 0
             try:
@@ -418,8 +418,8 @@ class Spool:
             self._close_tail()
             number = self._acked.segment if last is None else last + 1
             path = self._path(number)
-            self._tail = _create_segment(path, self.segment_bytes)
-            _fsync_directory(self.directory)
+            self._tail = create_segment(path, self.segment_bytes)
+            fsync_directory(self.directory)
         except OSError as error:
             log.error("spool %s: cannot open a segment (%s)", self.directory, error)
             self._close_tail()
@@ -430,7 +430,7 @@ class Spool:
     def _undo_write(self, segment: _Segment, size: int) -> None:
         self._close_tail()
         try:
-            _zero(segment.path, segment.end, segment.end + size)
+            zero(segment.path, segment.end, segment.end + size)
         except OSError as error:
             # Reopening scans the file and cuts off whatever this left behind.
             log.error("spool %s: could not undo a failed write (%s)", self.directory, error)
@@ -453,10 +453,10 @@ class Spool:
         data = os.pread(self._reader[1], min(segment.end - offset, _READ_MAX_BYTES), offset)
         records: list[bytes] = []
         refused_bytes = at = 0
-        while len(records) < max_records and at + _HEADER.size <= len(data):
-            length, crc = _HEADER.unpack_from(data, at)
-            size = length & _LENGTH_MASK
-            start = at + _HEADER.size
+        while len(records) < max_records and at + HEADER.size <= len(data):
+            length, crc = HEADER.unpack_from(data, at)
+            size = length & LENGTH_MASK
+            start = at + HEADER.size
             if start + size > len(data) and records:
                 break  # past this read: the next batch starts there
             if start + size > len(data):  # one record larger than a read
@@ -470,12 +470,12 @@ class Spool:
                     offset + at,
                 )
                 segment.end, segment.sealed = offset + at, True
-                segment.records = _scan(segment.path, 0, offset + at).records
+                segment.records = scan(segment.path, 0, offset + at).records
                 self._recount()
                 break
             records.append(payload)
             at = start + size
-            refused_bytes += at - start + _HEADER.size if length & _REFUSED_BIT else 0
+            refused_bytes += at - start + HEADER.size if length & REFUSED_BIT else 0
         return records, SpoolPosition(segment.number, offset + at), refused_bytes
 
     def _skip_finished(self, position: SpoolPosition) -> SpoolPosition:
@@ -560,67 +560,3 @@ class Spool:
                 self.max_bytes,
             )
         self._warned = high
-
-
-def _scan(path: Path, start: int = 0, stop: int | None = None) -> _Tally:
-    """Where the valid records from ``start`` end, how many, and the refused calls' bytes."""
-    with open(path, "rb") as file:
-        file.seek(start)
-        data = file.read() if stop is None else file.read(stop - start)
-    offset = records = refused_bytes = 0
-    while offset + _HEADER.size <= len(data):
-        length, crc = _HEADER.unpack_from(data, offset)
-        if length == 0:  # the zeros a segment is created with: the end
-            break
-        size = length & _LENGTH_MASK
-        payload_start = offset + _HEADER.size
-        payload_end = payload_start + size
-        if payload_end > len(data) or zlib.crc32(data[payload_start:payload_end]) != crc:
-            break
-        if length & _REFUSED_BIT:
-            refused_bytes += payload_end - offset
-        offset = payload_end
-        records += 1
-    return _Tally(start + offset, records, refused_bytes)
-
-
-def _create_segment(path: Path, size: int) -> int:
-    """A new segment file of ``size`` zero bytes, fsynced; its descriptor, open to write."""
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        zeros = bytes(min(size, 1 << 20))
-        for start in range(0, size, len(zeros)):
-            os.pwrite(descriptor, zeros[: size - start], start)
-        os.fsync(descriptor)
-    except BaseException:
-        os.close(descriptor)
-        raise
-    return descriptor
-
-
-def _zeros_after(path: Path, end: int) -> bool:
-    """Whether a segment holds nothing but zeros after its records."""
-    with open(path, "rb") as file:
-        file.seek(end)
-        while chunk := file.read(1 << 20):
-            if chunk.count(0) != len(chunk):
-                return False
-    return True
-
-
-def _zero(path: Path, start: int, stop: int) -> None:
-    """Overwrite bytes ``start`` to ``stop`` of a segment with zeros, durably."""
-    with open(path, "r+b") as file:
-        file.seek(start)
-        file.write(bytes(max(0, stop - start)))
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a created, renamed or deleted directory entry durable."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
