@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.auth import Authenticator
 from gateway.budget_book import BudgetBook
 from gateway.budget_feed import BudgetFeed
+from gateway.draining import Drain
 from gateway.emitter import UsageEmitter
 from gateway.errors import Dialect, GatewayError, MethodNotAllowed, NotFound, error_body
 from gateway.metrics import GatewayMetrics
@@ -31,6 +32,10 @@ from tollgate.settings import Settings
 
 PROXY = web.AppKey("proxy", Proxy)
 FEED = web.AppKey("feed", BudgetFeed)
+DRAIN = web.AppKey("drain", Drain)
+
+EMITTER_STOP_S = 3.0
+"""At stop, how long the emitter may keep shipping; what is left waits in its log."""
 
 _ENDPOINTS = {
     "/v1/chat/completions": (Operation.CHAT, Dialect.OPENAI),
@@ -60,7 +65,13 @@ def create_app(parts: GatewayParts) -> web.Application:
         settings.kafka,
         parts.bootstrap_servers,
         topics.usage,
-        Spool(settings.gateway.spool_dir, max_bytes=settings.gateway.spool_max_bytes),
+        stop_timeout_s=EMITTER_STOP_S,
+        spool=Spool(
+            settings.gateway.spool_dir,
+            max_bytes=settings.gateway.spool_max_bytes,
+            retain_s=settings.gateway.spool_retain_s,
+            refused_share=settings.gateway.spool_refused_share,
+        ),
     )
     book = BudgetBook(fail_open=settings.gateway.budget_fail_open)
     feed = BudgetFeed(settings.kafka, parts.bootstrap_servers, topics.budget_state, book)
@@ -79,10 +90,11 @@ def create_app(parts: GatewayParts) -> web.Application:
     )
     app[PROXY] = proxy
     app[FEED] = feed
+    app[DRAIN] = drain = Drain()
     _watch_components(metrics, emitter, feed)
 
     for path, (operation, dialect) in _ENDPOINTS.items():
-        app.router.add_post(path, _call_handler(proxy, operation, dialect))
+        app.router.add_post(path, drain.guard(_call_handler(proxy, operation, dialect), dialect))
     app.router.add_get("/v1/models", _models_handler(proxy))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -179,7 +191,7 @@ def _watch_components(metrics: GatewayMetrics, emitter: UsageEmitter, feed: Budg
     )
     metrics.watch(
         "tollgate_gateway_events_spooled",
-        "Usage events written to the spool",
+        "Usage events written to the write-ahead log (the spool)",
         lambda: stats.spooled,
     )
     metrics.watch(
@@ -188,5 +200,12 @@ def _watch_components(metrics: GatewayMetrics, emitter: UsageEmitter, feed: Budg
         lambda: stats.dropped,
     )
     metrics.watch(
-        "tollgate_gateway_spool_bytes", "Bytes waiting in the spool", lambda: stats.spool_bytes
+        "tollgate_gateway_events_resent",
+        "Shipped usage events shipped again to a broker that lost them",
+        lambda: stats.resent,
+    )
+    metrics.watch(
+        "tollgate_gateway_spool_bytes",
+        "Bytes in the spool not yet shipped",
+        lambda: stats.spool_bytes,
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from gateway.budget_book import Reservation
 from gateway.errors import Dialect
 from gateway.principal import Principal
 from gateway.usage_reading import TokenUsage
@@ -30,6 +32,10 @@ class Call:
     http_status: int = 200
     ttft_ms: float | None = None
     streamed: bool = False
+    reservation: Reservation | None = None
+    """Budget headroom the call holds until it is settled."""
+    written: asyncio.Event | None = None
+    """Set once the call is settled: set itself once its usage event is on disk."""
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started_mono) * 1000

@@ -1,23 +1,26 @@
-"""Usage events from the gateway to the broker: never in the call's way, never lost.
+"""Usage events from the gateway to the broker, through a write-ahead log on local disk.
 
-The gateway calls ``emit(event)`` once per AI call. ``emit`` only appends to an in-memory
-queue and returns; a background task sends the queue to Kafka in batches. What the broker
-cannot take goes to the on-disk ``Spool``, and a second task replays the spool once the
-broker is reachable again, acknowledging spooled records only after the broker did.
+The gateway calls ``emit(event)`` once per AI call and waits on what it returns before its
+answer completes. ``emit`` itself only appends to the current *group*; a writer task
+appends each group to the ``Spool`` (the log) with one fsync in a worker thread, then wakes
+the group's waiters: concurrent calls share one fsync (group commit), and the event loop
+never waits on the disk. A shipper task sends the log to Kafka in batches, oldest first,
+and marks each batch shipped once the broker acknowledged all of it.
 
 What is guaranteed:
 
-- ``emit`` never blocks, never waits on the network or the disk, and never raises. (Only
-  after ``stop()`` does it write to the spool itself: one fsync rather than a loss.)
-- At least once: an event is dropped only when the spool is full or its disk fails (both
-  counted in ``stats.dropped`` and logged as ERROR). A send that timed out may still have
-  arrived, so consumers dedupe by ``event_id``.
-- Order per spool: events that reach the spool are appended in emit order, and while the
-  spool holds anything every new event is appended behind it, so the broker receives
-  them in emit order. (A batch whose send failed half-way is the exception: its delivered
-  part is not repeated, the rest follows through the spool.)
-- After ``stop()`` no event is only in memory: each is acknowledged by the broker or in
-  the spool. A process killed without ``stop()`` loses what was still in memory.
+- An event whose ``emit`` was awaited is on disk: a SIGKILL of the gateway loses none of
+  them; the next start ships what the last one had not. ``emit`` never raises.
+- At least once: a batch is shipped again when the broker did not acknowledge all of it,
+  after a restart that came before its acknowledgement was recorded, and after a broker
+  loss (below). Consumers drop the copies by ``event_id``.
+- An event is dropped only when the log is full, or the share of it that refused calls may
+  take is, or its disk fails; every dropped event's ``event_id`` is logged at ERROR.
+- A broker that lost its history: shipped events stay in the log for ``spool_retain_s``.
+  When the broker the shipper reaches is not the one it last shipped to (another cluster
+  id: the embedded broker takes a new one at each start), or a partition's offsets went
+  backwards, every event still kept is shipped again, in order.
+- ``stop()`` ships what it can within ``stop_timeout_s``; what is left waits on disk.
 
 Failure handling: a dead broker shows as failed or unresolved producer futures. aiokafka
 expires a batch after ``request_timeout_s``; idempotent producers never expire theirs, so
@@ -33,23 +36,29 @@ import logging
 import random
 import struct
 import time
-from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
-from gateway.spool import Spool
-from tollgate.contract import UsageEvent, encode
-from tollgate.kafka import producer_options
+from gateway.spool import Spool, SpoolCursor
+from tollgate.contract import REJECTED_STATUSES, UsageEvent, encode
+from tollgate.kafka import (
+    client_options,
+    idempotence_refused,
+    producer_options,
+    refuses_idempotence,
+)
 from tollgate.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 _KEY_LENGTH = struct.Struct(">I")
-_SPOOL_BATCH_MAX = 10_000
-"""Events per spool append: one fsync covers them all."""
-_DROP_LOG_INTERVAL_S = 10.0
+_DROP_LOG_INTERVAL_S = 1.0
+_DROP_LOG_MAX_IDS = 10_000
 _LINGER_MS = 25
 
 Item = tuple[bytes, bytes]
@@ -61,33 +70,40 @@ class EmitterStats:
     """Live counters for metrics: the emitter updates this one object in place."""
 
     emitted: int = 0
-    """Events the broker acknowledged, directly or from the spool."""
+    """Events the broker acknowledged (a resent event counts each time)."""
     spooled: int = 0
-    """Events written to the spool."""
-    replayed: int = 0
-    """Spooled events the broker acknowledged later (also counted in ``emitted``)."""
+    """Events written to the log."""
+    resent: int = 0
+    """Shipped events made due again because the broker lost them."""
     dropped: int = 0
-    """Events lost: the spool was full or could not be written."""
+    """Events lost: the log was full or could not be written."""
     queue_depth: int = 0
-    """Events waiting in memory."""
+    """Events waiting in memory for their write."""
     spool_bytes: int = 0
-    """Bytes waiting in the spool."""
+    """Bytes in the log not yet shipped."""
+
+
+class _NotShipped(Exception):
+    """The broker did not acknowledge a whole batch; it stays due."""
 
 
 @dataclass
 class _Sent:
     delivered: int
-    failed: list[Item]
-    """Not acknowledged (error or timeout), in the order given."""
+    failed: bool
     reason: BaseException | None
+    offsets: dict[int, tuple[int, int]]
+    """Per partition, the lowest and highest offset the broker gave this batch."""
+    too_large: list[bytes]
+    """Values the producer refuses to send, ever."""
 
 
 class UsageEmitter:
-    """Sends usage events to ``topic``, keyed by tenant, through a spool when it must.
+    """Writes usage events to ``spool`` and ships them to ``topic``, keyed by tenant.
 
     Call ``emit`` from the event loop's thread. ``start`` and ``stop`` bracket its life;
     events emitted before ``start`` wait in memory, events emitted after ``stop`` are
-    written to the spool at once.
+    written to the log at once.
     """
 
     def __init__(
@@ -97,11 +113,10 @@ class UsageEmitter:
         topic: str,
         spool: Spool,
         *,
-        max_queue: int = 100_000,
         batch_max: int = 500,
         request_timeout_s: float = 3.0,
         send_timeout_s: float | None = None,
-        stop_timeout_s: float = 10.0,
+        stop_timeout_s: float = 5.0,
         reconnect_min_s: float = 0.2,
         reconnect_max_s: float = 5.0,
     ) -> None:
@@ -109,7 +124,6 @@ class UsageEmitter:
         self._bootstrap_servers = bootstrap_servers
         self._topic = topic
         self._spool = spool
-        self._max_queue = max_queue
         self._batch_max = batch_max
         self._request_timeout_s = request_timeout_s
         self._send_timeout_s = send_timeout_s or 2 * request_timeout_s
@@ -118,17 +132,23 @@ class UsageEmitter:
         self._reconnect_max_s = reconnect_max_s
 
         self.stats = EmitterStats(spool_bytes=spool.size_bytes)
-        self._queue: deque[Item] = deque()
-        self._overflowed = False
+        self._group: list[tuple[bytes, bool, str]] = []
+        self._group_written = asyncio.Event()
         self._queued = asyncio.Event()
         self._spool_changed = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
-        self._drainer: asyncio.Task[None] | None = None
-        self._replayer: asyncio.Task[None] | None = None
+        self._cluster: str | None = None
+        self._offsets: dict[int, int] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._shipper: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        self._stop_deadline: float | None = None
+        self._stopping = False
         self._stopped = False
+        self._dropped_ids: list[str] = []
         self._last_drop_log = -_DROP_LOG_INTERVAL_S
+        mark = spool.mark
+        self._cluster_shipped_to: str | None = mark.get("cluster")
+        self._offsets = {int(p): int(o) for p, o in (mark.get("offsets") or {}).items()}
 
     @property
     def broker_connected(self) -> bool:
@@ -137,162 +157,254 @@ class UsageEmitter:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def emit(self, event: UsageEvent) -> None:
-        """Queue one event for delivery. O(1); never blocks, never raises.
+    def emit(self, event: UsageEvent) -> asyncio.Event:
+        """Queue one event for the log. O(1); never blocks, never raises.
 
-        Past ``max_queue`` the broker is not keeping up: everything queued, this event
-        included, takes the spool path (in emit order) until the queue has drained.
+        Returns an event that is set once the record is on disk (or dropped, and logged):
+        ``await emitter.emit(e).wait()`` before the answer completes.
         """
         try:
-            item = ((event.tenant or "").encode(), encode(event))
+            key = (event.tenant or "").encode()
+            record = _KEY_LENGTH.pack(len(key)) + key + encode(event)
+            refused = event.status in REJECTED_STATUSES
             if self._stopped:
-                self._spool_after_stop(item)
-                return
-            if len(self._queue) >= self._max_queue:
-                self._overflowed = True
-            self._queue.append(item)
-            self.stats.queue_depth = len(self._queue)
+                self._write_after_stop(record, refused, str(event.event_id))
+                return _SET
+            self._group.append((record, refused, str(event.event_id)))
+            self.stats.queue_depth = len(self._group)
             self._queued.set()
+            return self._group_written
         except Exception:
             log.exception("usage event %s could not be queued", getattr(event, "event_id", "?"))
             self.stats.dropped += 1
+            return _SET
 
     # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect once (bounded) and start the background tasks.
+        """Connect once (bounded) and start the writer and the shipper.
 
-        Never fails for an unreachable broker: events then go to the spool and the replay
-        task keeps reconnecting with backoff.
+        Never fails for an unreachable broker: events wait in the log and the shipper
+        keeps reconnecting with backoff.
         """
+        self._writer = asyncio.create_task(self._write_groups(), name="usage-log-writer")
         self._producer = await self._connect()
         if self._producer is None:
             log.warning(
-                "broker at %s unreachable at start: usage events go to the spool until it is",
+                "broker at %s unreachable at start: usage events wait in the log %s until it is",
                 self._bootstrap_servers,
+                self._spool.directory,
             )
-        self._drainer = asyncio.create_task(self._drain(), name="usage-emitter-drain")
-        self._replayer = asyncio.create_task(self._replay(), name="usage-emitter-replay")
+        self._shipper = asyncio.create_task(self._ship(), name="usage-log-shipper")
 
     async def stop(self) -> None:
-        """Flush the queue to the broker, or to the spool, within ``stop_timeout_s``.
-
-        The spool is not replayed here; whatever it holds waits for the next start.
-        """
+        """Write every queued event, then ship what can be within ``stop_timeout_s``."""
         if self._stopped:
             return
-        self._stop_deadline = time.monotonic() + self._stop_timeout_s
-        if self._replayer is not None:
-            self._replayer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replayer
+        deadline = time.monotonic() + self._stop_timeout_s
+        self._stopping = True
         self._queued.set()
-        if self._drainer is not None:
-            await self._drainer
+        if self._writer is not None:
+            await self._writer
         self._stopped = True
-        if self._queue:  # not started, or the drainer died
-            await self._to_spool(self._take(len(self._queue)))
+        if self._group:  # never started
+            await self._write_group()
+        if self._shipper is not None:
+            self._spool_changed.set()
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    await asyncio.shield(self._shipper)
+            except TimeoutError:
+                log.warning(
+                    "usage log: %d events not shipped at stop; the next start ships them",
+                    self._spool.pending_records,
+                )
+                self._shipper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._shipper
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await self._close(producer)
         await asyncio.gather(*self._closing, return_exceptions=True)
+        self._log_dropped(force=True)
         await asyncio.to_thread(self._spool.close)
 
-    # -- draining the queue ----------------------------------------------------------------
+    # -- writing the log -------------------------------------------------------------------
 
-    async def _drain(self) -> None:
-        """Send the queue, batch by batch, to the broker or to the spool."""
+    async def _write_groups(self) -> None:
+        """Append each group to the log, one fsync per group, and wake its waiters."""
         while True:
-            if not self._queue:
-                if self._stop_deadline is not None:
+            if not self._group:
+                if self._stopping:
                     return
                 self._queued.clear()
                 await self._queued.wait()
                 continue
-            producer = self._producer if self._may_send_directly() else None
-            batch = self._take(_SPOOL_BATCH_MAX if producer is None else self._batch_max)
-            try:
-                if producer is None:
-                    await self._to_spool(batch)
-                else:
-                    await self._send_direct(producer, batch)
-            except Exception:  # a bug: keep the batch (a duplicate beats a loss) and go on
-                log.exception("usage emitter: unexpected error while draining")
-                self._queue.extendleft(reversed(batch))
-                self.stats.queue_depth = len(self._queue)
-                await asyncio.sleep(0.1)
+            await self._write_group()
 
-    def _may_send_directly(self) -> bool:
-        """Only with a producer, and only when nothing older waits in the spool."""
-        past_deadline = self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
-        return (
-            self._producer is not None
-            and not self._overflowed
-            and self._spool.pending_records == 0
-            and not past_deadline
-        )
-
-    def _take(self, count: int) -> list[Item]:
-        items = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
-        if not self._queue:
-            self._overflowed = False
-        self.stats.queue_depth = len(self._queue)
-        return items
-
-    async def _send_direct(self, producer: AIOKafkaProducer, items: list[Item]) -> None:
-        timeout_s = self._send_timeout_s
-        if self._stop_deadline is not None:
-            timeout_s = max(0.1, min(timeout_s, self._stop_deadline - time.monotonic()))
-        sent = await self._send(producer, items, timeout_s)
-        self.stats.emitted += sent.delivered
-        if sent.failed:
-            # Close the failed producer before spooling: once closed it can no longer
-            # deliver those events behind our back when the broker returns.
-            await self._lose(producer, sent.reason)
-            await self._to_spool(sent.failed)
-
-    async def _to_spool(self, items: list[Item]) -> None:
-        if not items:
-            return
-        records = [_KEY_LENGTH.pack(len(key)) + key + value for key, value in items]
+    async def _write_group(self) -> None:
+        group, written = self._group, self._group_written
+        self._group, self._group_written = [], asyncio.Event()
+        self.stats.queue_depth = 0
         try:
-            dropped = await asyncio.to_thread(self._spool.append, records)
-        except Exception:
-            log.exception("usage emitter: the spool failed")
-            dropped = len(records)
-        self.stats.spooled += len(records) - dropped
-        self.stats.spool_bytes = self._spool.size_bytes
-        if dropped:
-            self._count_dropped(dropped)
+            dropped = await asyncio.to_thread(
+                self._spool.append, [r for r, _, _ in group], [f for _, f, _ in group]
+            )
+        except Exception:  # a bug: say which events it cost
+            log.exception("usage log: the write failed")
+            dropped = list(range(len(group)))
+        finally:
+            written.set()
+        self._account(group, dropped)
         self._spool_changed.set()
 
-    def _spool_after_stop(self, item: Item) -> None:
-        # Rare (an event finishing after shutdown): better one blocking fsync than a loss.
-        key, value = item
-        dropped = self._spool.append([_KEY_LENGTH.pack(len(key)) + key + value])
-        self.stats.spooled += 1 - dropped
+    def _write_after_stop(self, record: bytes, refused: bool, event_id: str) -> None:
+        # Rare (a call finishing after shutdown): better one blocking fsync than a loss.
+        dropped = self._spool.append([record], [refused])
+        self._account([(record, refused, event_id)], dropped)
+
+    def _account(self, group: list[tuple[bytes, bool, str]], dropped: list[int]) -> None:
+        self.stats.spooled += len(group) - len(dropped)
         self.stats.spool_bytes = self._spool.size_bytes
         if dropped:
-            self._count_dropped(dropped)
+            self.stats.dropped += len(dropped)
+            self._dropped_ids += [group[i][2] for i in dropped]
+            self._log_dropped()
 
-    def _count_dropped(self, count: int) -> None:
-        self.stats.dropped += count
+    def _log_dropped(self, force: bool = False) -> None:
+        """One ERROR line per second at most, naming every event dropped since the last."""
         now = time.monotonic()
-        if now - self._last_drop_log >= _DROP_LOG_INTERVAL_S:
-            self._last_drop_log = now
-            log.error(
-                "usage spool %s full or unwritable (%d of %d bytes): %d usage events dropped",
-                self._spool.directory,
-                self._spool.size_bytes,
-                self._spool.max_bytes,
-                self.stats.dropped,
-            )
+        if not self._dropped_ids:
+            return
+        recent = now - self._last_drop_log < _DROP_LOG_INTERVAL_S
+        if not force and recent and len(self._dropped_ids) < _DROP_LOG_MAX_IDS:
+            return
+        self._last_drop_log = now
+        ids, self._dropped_ids = self._dropped_ids, []
+        log.error(
+            "usage log %s full or unwritable (%d of %d bytes unshipped): %d usage events "
+            "dropped (%d in all): %s",
+            self._spool.directory,
+            self._spool.size_bytes,
+            self._spool.max_bytes,
+            len(ids),
+            self.stats.dropped,
+            " ".join(ids),
+            extra={"fields": {"dropped_event_ids": ids}},
+        )
+
+    # -- shipping the log ------------------------------------------------------------------
+
+    async def _ship(self) -> None:
+        """Reconnect, then send the log's batches, oldest first, marking each shipped.
+
+        Backs off, doubling up to ``reconnect_max_s``, while connecting or sending fails;
+        a batch the broker acknowledged resets the backoff. Returns when stopping and
+        everything is shipped.
+        """
+        backoff_s = self._reconnect_min_s
+        batch: tuple[list[bytes], SpoolCursor] | None = None
+        while True:
+            if self._stopped and self._spool.pending_records == 0:
+                return
+            if self._producer is None:
+                batch = None
+                self._producer = await self._connect()
+                if self._producer is None:
+                    await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
+                    backoff_s = min(2 * backoff_s, self._reconnect_max_s)
+                    continue
+                log.info(
+                    "broker at %s reachable: shipping %d usage events from the log",
+                    self._bootstrap_servers,
+                    self._spool.pending_records,
+                )
+            if self._spool.pending_records == 0:
+                batch = None
+                self._spool_changed.clear()
+                await self._spool_changed.wait()
+                continue
+            try:
+                if batch is None or not batch[0]:
+                    batch = await asyncio.to_thread(self._spool.read_batch, self._batch_max)
+                batch = await self._ship_batch(self._producer, *batch)
+                shipped = True
+            except _NotShipped:
+                batch, shipped = None, False
+            except Exception:  # the log's disk, or a bug: what is not shipped stays due
+                log.exception("usage emitter: unexpected error while shipping the log")
+                batch, shipped = None, False
+            if shipped:
+                backoff_s = self._reconnect_min_s
+            else:
+                await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
+                backoff_s = min(2 * backoff_s, self._reconnect_max_s)
+
+    async def _ship_batch(
+        self, producer: AIOKafkaProducer, records: list[bytes], cursor: SpoolCursor
+    ) -> tuple[list[bytes], SpoolCursor] | None:
+        """Send one batch; once the broker acknowledged all of it, mark it shipped and
+        return the next batch (None: read it afresh). Raises ``_NotShipped`` otherwise."""
+        if not records:  # counted but unreadable (damaged on disk): wait for new records
+            self._spool_changed.clear()
+            await self._spool_changed.wait()
+            return None
+        items: list[Item] = []
+        for record in records:
+            (length,) = _KEY_LENGTH.unpack_from(record)
+            start = _KEY_LENGTH.size
+            items.append((record[start : start + length], record[start + length :]))
+        sent = await self._send(producer, items, self._send_timeout_s)
+        if sent.failed:
+            await self._lose(producer, sent.reason)
+            raise _NotShipped
+        if self._went_backwards(sent.offsets):
+            await self._rewind(f"offsets of {self._topic} went backwards")
+            return None
+        for partition, (_, highest) in sent.offsets.items():
+            self._offsets[partition] = highest
+        self._cluster_shipped_to = self._cluster
+        following = await asyncio.to_thread(
+            self._spool.ack_and_read, cursor, self._mark(), self._batch_max
+        )
+        self.stats.emitted += sent.delivered
+        self.stats.spool_bytes = self._spool.size_bytes
+        if sent.too_large:
+            # Larger than the producer may send: retrying can never succeed.
+            ids = [_event_id(value) for value in sent.too_large]
+            self.stats.dropped += len(ids)
+            log.error("usage events too large for the broker, dropped: %s", " ".join(ids))
+        return following
+
+    def _went_backwards(self, offsets: dict[int, tuple[int, int]]) -> bool:
+        return any(
+            lowest <= self._offsets.get(partition, -1) for partition, (lowest, _) in offsets.items()
+        )
+
+    def _mark(self) -> dict[str, Any]:
+        return {"cluster": self._cluster, "offsets": {str(p): o for p, o in self._offsets.items()}}
+
+    async def _rewind(self, why: str) -> None:
+        """The broker lost what it acknowledged: everything kept is due again."""
+        self._offsets = {}
+        self._cluster_shipped_to = self._cluster
+        due_again = await asyncio.to_thread(self._spool.rewind, self._mark())
+        self.stats.resent += due_again
+        self.stats.spool_bytes = self._spool.size_bytes
+        log.warning(
+            "broker at %s lost its history (%s): shipping the %d usage events of the last "
+            "%.0f s or more again (consumers drop copies by event_id)",
+            self._bootstrap_servers,
+            why,
+            due_again,
+            self._spool.retain_s,
+        )
 
     # -- the broker ------------------------------------------------------------------------
 
     async def _send(self, producer: AIOKafkaProducer, items: list[Item], timeout_s: float) -> _Sent:
         """Send ``items`` and wait for the broker's acknowledgements, at most ``timeout_s``."""
-        futures: list[asyncio.Future[object] | None] = []
+        futures: list[asyncio.Future[Any] | None] = []
         reason: BaseException | None = None
         try:
             async with asyncio.timeout(timeout_s):
@@ -306,35 +418,44 @@ class UsageEmitter:
                     await asyncio.wait(waiting)
         except Exception as error:  # a timeout, or the producer refusing more
             reason = error
-        delivered = rejected = 0
-        failed: list[Item] = []
-        for index, item in enumerate(items):
-            if index >= len(futures):
-                failed.append(item)
-                continue
-            future = futures[index]
+        delivered = 0
+        failed = len(futures) < len(items)
+        offsets: dict[int, tuple[int, int]] = {}
+        too_large: list[bytes] = []
+        for index, future in enumerate(futures):
             if future is None:
-                rejected += 1
+                too_large.append(items[index][1])
             elif not future.done():
                 future.add_done_callback(_retrieve_exception)  # fails when discarded
-                failed.append(item)
+                failed = True
             elif future.cancelled() or future.exception() is not None:
                 reason = reason or (None if future.cancelled() else future.exception())
-                failed.append(item)
+                failed = True
             else:
                 delivered += 1
-        if rejected:
-            # Larger than the producer may send: retrying can never succeed.
-            log.error("usage emitter: %d usage events too large for the broker, dropped", rejected)
-            self.stats.dropped += rejected
-        return _Sent(delivered, failed, reason)
+                metadata = future.result()
+                low, high = offsets.get(metadata.partition, (metadata.offset, metadata.offset))
+                offsets[metadata.partition] = (
+                    min(low, metadata.offset),
+                    max(high, metadata.offset),
+                )
+        return _Sent(delivered, failed, reason, offsets, too_large)
 
     async def _connect(self) -> AIOKafkaProducer | None:
-        """A started producer that knows ``topic``'s partitions, or None."""
+        """A started producer that knows ``topic``'s partitions, or None.
+
+        Learns the broker's cluster id first: another one than the log's mark says means
+        a broker that does not hold what was shipped, so it is all shipped again.
+        """
+        try:
+            cluster = await self._cluster_id()
+        except Exception as error:
+            log.debug("broker at %s unreachable: %r", self._bootstrap_servers, error)
+            return None
         producer = AIOKafkaProducer(
             **{
                 **producer_options(self._kafka, self._bootstrap_servers),
-                # Nobody waits on a usage event: fuller batches cost less CPU per event.
+                # Nobody waits on the broker: fuller batches cost less CPU per event.
                 "linger_ms": _LINGER_MS,
             },
             request_timeout_ms=int(self._request_timeout_s * 1000),
@@ -348,20 +469,43 @@ class UsageEmitter:
             await self._close(producer)
             if not isinstance(error, Exception):
                 raise
-            log.debug("broker at %s unreachable: %r", self._bootstrap_servers, error)
+            if refuses_idempotence(self._kafka, error):
+                log.error(
+                    "%s. Usage events wait in the log %s",
+                    idempotence_refused(self._bootstrap_servers, error),
+                    self._spool.directory,
+                )
+            else:
+                log.debug("broker at %s unreachable: %r", self._bootstrap_servers, error)
             return None
+        self._cluster = cluster
+        if self._cluster_shipped_to is not None and cluster != self._cluster_shipped_to:
+            await self._rewind(f"cluster id {self._cluster_shipped_to} is now {cluster}")
         return producer
+
+    async def _cluster_id(self) -> str | None:
+        admin = AIOKafkaAdminClient(
+            **client_options(self._kafka, self._bootstrap_servers),
+            request_timeout_ms=int(self._request_timeout_s * 1000),
+        )
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                await admin.start()
+                described = await admin.describe_cluster()
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+        return described.get("cluster_id")
 
     async def _lose(self, producer: AIOKafkaProducer, reason: BaseException | None) -> None:
         if self._producer is producer:
             self._producer = None
             log.warning(
-                "lost the broker at %s (%r): usage events go to the spool until it is back",
+                "lost the broker at %s (%r): usage events wait in the log until it is back",
                 self._bootstrap_servers,
                 reason,
             )
-        self._spool_changed.set()
-        # Shielded: even if stop() cancels the replay task now, the producer gets closed.
+        # Shielded: even if stop() cancels the shipper now, the producer gets closed.
         closing = asyncio.create_task(self._close(producer))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
@@ -380,65 +524,22 @@ class UsageEmitter:
         except Exception as error:
             log.debug("usage emitter: producer did not close cleanly: %r", error)
 
-    # -- replaying the spool ---------------------------------------------------------------
 
-    async def _replay(self) -> None:
-        """Reconnect, then send spooled batches, oldest first, acking each.
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
 
-        Backs off, doubling up to ``reconnect_max_s``, while connecting or sending fails;
-        a batch the broker acknowledged resets the backoff.
-        """
-        backoff_s = self._reconnect_min_s
-        while True:
-            if self._producer is None:
-                self._producer = await self._connect()
-                if self._producer is None:
-                    await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
-                    backoff_s = min(2 * backoff_s, self._reconnect_max_s)
-                    continue
-                log.info(
-                    "broker at %s reachable: replaying %d spooled usage events",
-                    self._bootstrap_servers,
-                    self._spool.pending_records,
-                )
-            if self._spool.pending_records == 0:
-                self._spool_changed.clear()
-                await self._spool_changed.wait()
-                continue
-            try:
-                replayed = await self._replay_batch(self._producer)
-            except Exception:  # the spool's disk, or a bug: unacked records stay spooled
-                log.exception("usage emitter: unexpected error while replaying the spool")
-                replayed = False
-            if replayed:
-                backoff_s = self._reconnect_min_s
-            else:
-                await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
-                backoff_s = min(2 * backoff_s, self._reconnect_max_s)
 
-    async def _replay_batch(self, producer: AIOKafkaProducer) -> bool:
-        """Send the oldest spooled batch; True once the broker acknowledged all of it."""
-        records, cursor = await asyncio.to_thread(self._spool.read_batch, self._batch_max)
-        if not records:  # counted but unreadable (damaged on disk): wait for new records
-            self._spool_changed.clear()
-            await self._spool_changed.wait()
-            return True
-        items: list[Item] = []
-        for record in records:
-            (length,) = _KEY_LENGTH.unpack_from(record)
-            start = _KEY_LENGTH.size
-            items.append((record[start : start + length], record[start + length :]))
-        sent = await self._send(producer, items, self._send_timeout_s)
-        if sent.failed:
-            await self._lose(producer, sent.reason)
-            return False
-        await asyncio.to_thread(self._spool.ack, cursor)
-        # Counted once acknowledged by both the broker and the spool, so that the stats
-        # never show an event as emitted while it also still waits in the spool.
-        self.stats.emitted += sent.delivered
-        self.stats.replayed += sent.delivered
-        self.stats.spool_bytes = self._spool.size_bytes
-        return True
+_SET = _set_event()
+"""What ``emit`` returns when there is nothing to wait for."""
+
+
+def _event_id(value: bytes) -> str:
+    try:
+        return str(msgspec.json.decode(value).get("event_id", "?"))
+    except Exception:
+        return "?"
 
 
 def _fail_everything_held(producer: AIOKafkaProducer) -> None:
@@ -461,6 +562,6 @@ def _fail_everything_held(producer: AIOKafkaProducer) -> None:
 
 
 def _retrieve_exception(future: asyncio.Future[object]) -> None:
-    """Mark a late failure seen: the event it belonged to was spooled already."""
+    """Mark a late failure seen: the event it belonged to is still due in the log."""
     if not future.cancelled():
         future.exception()

@@ -163,6 +163,21 @@ class MethodNotAllowed(NotFound):
     http_status = 405
 
 
+class ShuttingDown(GatewayError):
+    """The gateway is stopping: the call was not taken; another instance (or this one,
+    restarted) will take it after ``Retry-After``."""
+
+    http_status = 503
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"
+    code = "shutting_down"
+    status = Status.UPSTREAM_ERROR
+    retry_after_s = 2
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after_s), "connection": "close"}
+
+
 class UpstreamTimeout(GatewayError):
     """The backend did not answer in time."""
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.auth import Authenticator
-from gateway.budget_book import BudgetBook, Reservation
+from gateway.budget_book import BudgetBook
 from gateway.call import Call
 from gateway.emitter import UsageEmitter
 from gateway.errors import (
@@ -103,8 +103,18 @@ class Proxy:
     async def handle(
         self, request: web.Request, operation: Operation, dialect: Dialect
     ) -> web.StreamResponse:
+        """Answer one call; its usage event is on disk before the answer completes."""
         call = Call(operation, dialect)
-        reservation = None
+        try:
+            response = await self._answer(request, call)
+        except BaseException:  # the client went away: no answer to hold back
+            self._settle(call)
+            raise
+        await self._settle(call).wait()
+        return response
+
+    async def _answer(self, request: web.Request, call: Call) -> web.StreamResponse:
+        dialect = call.dialect
         limits = LimitHeaders(request_id=str(call.event_id))
         try:
             call.principal = await self.authenticator.authenticate(request.headers)
@@ -136,7 +146,7 @@ class Proxy:
                 if self.spend is not None
                 else Decimal(0)
             )
-            reservation, limits.budget = self.budgets.admit(
+            call.reservation, limits.budget = self.budgets.admit(
                 dimensions, input_estimate + output_cap, usd_estimate, now
             )
             return await self._forward(request, call, payload, raw, backends, limits)
@@ -152,8 +162,6 @@ class Proxy:
             if call.principal is None:
                 error.status = Status.REJECTED_AUTH
             return self._refuse(call, error, limits)
-        finally:
-            self._settle(call, reservation)
 
     def _refuse(self, call: Call, error: GatewayError, limits: LimitHeaders) -> web.Response:
         call.status, call.http_status = error.status, error.http_status
@@ -163,12 +171,17 @@ class Proxy:
             headers={**error.headers(), **limits.render(call)},
         )
 
-    def _settle(self, call: Call, reservation: Reservation | None) -> None:
-        """Close the books on a call: release its reservation, emit its one event.
+    def _settle(self, call: Call) -> asyncio.Event:
+        """Close the books on a call, once: release its reservation, emit its one event.
 
-        Each step is guarded on its own: a fault in one never fails the call, and never
-        keeps a reservation held or an event unsent.
+        Returns what is set once the event is on disk. Each step is guarded on its own: a
+        fault in one never fails the call, and never keeps a reservation held or an event
+        unsent.
         """
+        if call.written is not None:
+            return call.written
+        call.written = _NOTHING_TO_WAIT_FOR
+        reservation = call.reservation
         try:
             event = call.to_event()
         except Exception:
@@ -176,7 +189,7 @@ class Proxy:
             log.exception("usage event for call %s could not be built", call.event_id)
             if reservation is not None:
                 reservation.cancel()
-            return
+            return call.written
         try:
             if reservation is not None:
                 if event.total_tokens or call.status is Status.OK:
@@ -191,13 +204,14 @@ class Proxy:
         except Exception:
             self.metrics.metering_faults.inc()
             log.exception("budget accounting failed for call %s", call.event_id)
-        self.emitter.emit(event)  # never raises
+        call.written = self.emitter.emit(event)  # never raises
         try:
             self.metrics.observe_call(event)
             _log_call(event)
         except Exception:
             self.metrics.metering_faults.inc()
             log.exception("metrics failed for call %s", call.event_id)
+        return call.written
 
     def _upstream_url(self, backend: BackendConfig, path: str, model: str) -> URL:
         """The backend URL as a parsed ``URL``, remembered (parsing it is not free)."""
@@ -373,22 +387,28 @@ class Proxy:
         reader = StreamUsage(call.operation)
         framer = SSEFramer()
         call.http_status = upstream.status
+        last: list[bytes] = []
+        """The stream's last event and what follows it: held until the usage is on disk."""
         try:
             await response.prepare(request)
             async for chunk in upstream.chunks():
                 out = []
                 for event in framer.feed(chunk):
-                    _, data = parse_event(event)
+                    name, data = parse_event(event)
                     usage_only = reader.observe(data)
                     if reader.first_token_seen:
                         call.mark_first_token()
-                    if not (injected_usage and usage_only):
+                    if last or data == b"[DONE]" or name in _LAST_EVENTS:
+                        last.append(event)
+                    elif not (injected_usage and usage_only):
                         out.append(event)
                 if out:
                     await response.write(b"".join(out))
-            rest = framer.rest()
-            if rest:
-                await response.write(rest)
+            last.append(framer.rest())
+            _finish_stream(call, reader, payload)
+            await self._settle(call).wait()
+            if held := b"".join(last):
+                await response.write(held)
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             call.status = Status.CLIENT_CLOSED  # the client hung up: nothing to answer
@@ -402,11 +422,22 @@ class Proxy:
             call.status = failure.status
             await _end_stream_quietly(response, stream_error_event(failure, call.dialect))
         finally:
-            call.response_model = reader.response_model
-            if reader.error_seen and call.status is Status.OK:
-                call.status = Status.UPSTREAM_ERROR
-            call.usage = reader.settle(payload)
+            if call.written is None:
+                _finish_stream(call, reader, payload)
         return response
+
+
+_LAST_EVENTS = frozenset({"message_stop", "response.completed", "response.incomplete"})
+"""Events that end a stream (with OpenAI's ``data: [DONE]``): a client that has one has
+its whole answer, so it waits until the call's usage is on disk."""
+
+
+def _finish_stream(call: Call, reader: StreamUsage, payload: dict[str, Any]) -> None:
+    """What the stream said about the call, once it is over."""
+    call.response_model = reader.response_model
+    if reader.error_seen and call.status is Status.OK:
+        call.status = Status.UPSTREAM_ERROR
+    call.usage = reader.settle(payload)
 
 
 class _StreamResponse(web.StreamResponse):
@@ -483,4 +514,6 @@ async def _read_quietly(upstream: UpstreamResponse) -> bytes:
 
 
 _json_decode = msgspec.json.Decoder().decode
+_NOTHING_TO_WAIT_FOR = asyncio.Event()
+_NOTHING_TO_WAIT_FOR.set()
 _json_encode = msgspec.json.Encoder().encode

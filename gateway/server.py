@@ -9,12 +9,16 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from gateway.app import GatewayParts, create_app
+from gateway.app import DRAIN, GatewayParts, create_app
 from gateway.routes import backend_secrets, load_routes
 from tollgate.errors import SettingsError
 from tollgate.settings import Settings
 
 log = logging.getLogger("tollgate.gateway")
+
+DRAIN_S = 5.0
+"""How long calls in flight may take to finish once stopping began. With the emitter's
+own bound, the gateway exits within 10 s of SIGTERM."""
 
 
 def resolve_parts(
@@ -33,7 +37,7 @@ def resolve_parts(
 async def serve(parts: GatewayParts, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGINT or SIGTERM; then drain, flush usage events and stop."""
     app = create_app(parts)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
     gateway = parts.settings.gateway
     site = web.TCPSite(runner, gateway.host, gateway.port, backlog=1024, reuse_address=True)
@@ -49,6 +53,15 @@ async def serve(parts: GatewayParts, ready: asyncio.Event | None = None) -> None
         ready.set()
     try:
         await stop.wait()
+        drain = app[DRAIN]
+        drain.stop_taking_calls()
+        log.warning(
+            "gateway stopping: new calls get 503; %d call(s) in flight get %.0f s to finish",
+            drain.in_flight,
+            DRAIN_S,
+        )
+        if not await drain.wait_idle(DRAIN_S):
+            log.warning("gateway stopping: %d call(s) still in flight are cut", drain.in_flight)
     finally:
         await runner.cleanup()
 

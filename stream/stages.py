@@ -47,7 +47,7 @@ from stream.stage_consumer import Stage, StageConsumer
 from tollgate.broker import ensure_topics
 from tollgate.contract import encode
 from tollgate.errors import BrokerError
-from tollgate.kafka import client_options, producer_options
+from tollgate.kafka import client_options, producer_options, start_producer
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
 
@@ -58,7 +58,10 @@ BATCH_MAX = 2000
 when quiet the one record there is (no waiting to fill it)."""
 TICK_EVERY_S = 1.0
 PRODUCE_BATCH_BYTES = 1 << 20
-STOP_WAIT_S = 15.0
+STOP_WAIT_S = 4.0
+"""How long a stopping worker lets its stages finish their batch, and then its producer
+deliver, so that it exits within 10 s of SIGTERM; a batch cut short is read again
+(at least once)."""
 DEFINITIONS_WAIT_S = 60.0
 RETRY_S = 1.0
 HISTORY_READ_S = 10.0
@@ -219,7 +222,9 @@ class Stages:
                 max_batch_size=PRODUCE_BATCH_BYTES,
             )
             try:
-                await producer.start()
+                # A broker refusing idempotent producers raises BrokerError saying so,
+                # with the setting to change: no retry can mend that.
+                await start_producer(producer, kafka, self.bootstrap_servers)
                 return producer
             except KafkaError as error:
                 log.warning("the broker does not answer yet (%s)", error)

@@ -224,3 +224,78 @@ def test_gateway_serves_until_terminated_then_flushes_its_events(
 
     received = asyncio.run(consume(kafka_settings, broker, topics.usage, 5))
     assert sorted(str(e.event_id) for e in received) == sorted(ids)
+
+
+def test_a_stopping_gateway_answers_new_calls_503_and_exits_within_10_s(
+    broker: str, kafka_settings, tmp_path: Path
+) -> None:
+    import threading
+
+    import httpx
+    import yaml
+
+    from gateway.auth import hash_api_key
+    from tollgate.fake_provider import FakeProvider
+
+    with FakeProvider() as provider:
+        provider.configure(latency_ms=2000)
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(
+            yaml.safe_dump(
+                {
+                    "backends": [{"name": "fake", "kind": "openai", "base_url": provider.base_url}],
+                    "models": {"gpt-*": ["fake"]},
+                    "auth": {
+                        "api_keys": [
+                            {"id": "cli", "tenant": "acme", "key_sha256": hash_api_key("sk-cli")}
+                        ]
+                    },
+                }
+            )
+        )
+        port = free_port()
+        process = subprocess.Popen(
+            [*TOLLGATE, "gateway", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(
+                KAFKA_BOOTSTRAP_SERVERS=broker,
+                TOLLGATE_KAFKA_TOPIC_PREFIX=kafka_settings.topic_prefix,
+                TOLLGATE_KAFKA_IDEMPOTENCE="false",
+                TOLLGATE_GATEWAY_ROUTES_FILE=str(routes),
+                TOLLGATE_GATEWAY_SPOOL_DIR=str(tmp_path / "spool"),
+            ),
+        )
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        call = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        auth = {"authorization": "Bearer sk-cli"}
+        try:
+            assert process.stdout is not None
+            assert f":{port}" in process.stdout.readline()
+            with httpx.Client(timeout=30) as client:  # one keep-alive connection
+                assert client.post(url, json=call, headers=auth).status_code == 200
+                in_flight: list[int] = []
+                slow = threading.Thread(
+                    target=lambda: in_flight.append(
+                        httpx.post(url, json=call, headers=auth, timeout=30).status_code
+                    )
+                )
+                slow.start()
+                time.sleep(0.5)
+                process.send_signal(signal.SIGTERM)
+                stopped_at = time.monotonic()
+                time.sleep(0.3)
+                late = client.post(url, json=call, headers=auth)
+                assert time.monotonic() - stopped_at < 2  # not held
+                assert late.status_code == 503
+                assert int(late.headers["retry-after"]) > 0
+                assert late.json()["error"]["code"] == "shutting_down"
+                slow.join(30)
+            assert in_flight == [200]  # the call in flight was finished
+            assert process.wait(15) == 0
+            assert time.monotonic() - stopped_at < 10
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

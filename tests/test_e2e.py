@@ -224,7 +224,9 @@ def _chat(pipeline: Pipeline, key: str, url: str | None = None) -> tuple[int, in
             model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
         )
     except openai.APIStatusError as error:
-        pipeline.sent_ids.add(error.response.headers["x-tollgate-request-id"])
+        request_id = error.response.headers.get("x-tollgate-request-id")
+        if request_id is not None:  # none: a stopping gateway did not take the call (503)
+            pipeline.sent_ids.add(request_id)
         return error.status_code, 0
     pipeline.sent_ids.add(raw.headers["x-tollgate-request-id"])
     completion = raw.parse()

@@ -26,7 +26,7 @@ from tests.own_broker import (
     wait_until,
 )
 from tollgate.broker import free_port
-from tollgate.contract import UsageEvent
+from tollgate.contract import Status, UsageEvent, decode, encode
 from tollgate.settings import KafkaSettings
 from tollgate.topics import Topics
 
@@ -100,43 +100,51 @@ async def test_events_emitted_while_the_broker_is_up_arrive_exactly_once(
     received = await consume(kafka_settings, broker, topics.usage, len(sent))
     assert_exactly_once(received, {e.event_id for e in sent})
     assert_in_emit_order_per_tenant(received, sent)
-    assert emitter.stats.spooled == 0
+    assert emitter.stats.spooled == len(sent)  # every event goes through the log
 
 
-async def test_emit_returns_before_anything_is_delivered_and_everything_arrives_later(
-    kafka_settings: KafkaSettings, broker: str, topics: Topics, make_emitter: MakeEmitter
+async def test_emit_returns_at_once_and_its_event_is_set_once_the_record_is_on_disk(
+    kafka_settings: KafkaSettings,
+    broker: str,
+    topics: Topics,
+    make_emitter: MakeEmitter,
+    tmp_path: Path,
 ) -> None:
     emitter = make_emitter(kafka_settings, broker, topics.usage)
     await emitter.start()
 
     sent = usage_events(10_000)
-    for event in sent:
-        emitter.emit(event)
+    written = [emitter.emit(event) for event in sent]
     assert emitter.stats.queue_depth == len(sent)
-    assert emitter.stats.emitted == 0
+    assert not any(w.is_set() for w in written)
+    assert Spool(tmp_path / "spool").pending_records == 0
 
+    for w in written:
+        await w.wait()
+    assert emitter.stats.spooled == len(sent)
     await wait_until(lambda: emitter.stats.emitted == len(sent))
-    assert emitter.stats.queue_depth == 0
     received = await consume(kafka_settings, broker, topics.usage, len(sent))
     assert_exactly_once(received, {e.event_id for e in sent})
 
 
-async def test_a_full_queue_sends_events_through_the_spool_without_losing_any(
+async def test_concurrent_events_share_one_write(
     kafka_settings: KafkaSettings, broker: str, topics: Topics, make_emitter: MakeEmitter
 ) -> None:
-    emitter = make_emitter(kafka_settings, broker, topics.usage, max_queue=10)
+    emitter = make_emitter(kafka_settings, broker, topics.usage)
     await emitter.start()
+    writes = 0
+    append = emitter._spool.append
 
-    sent = usage_events(200)
-    for event in sent:
-        emitter.emit(event)
-    await wait_until(lambda: emitter.stats.emitted == len(sent))
+    def counting_append(*args: Any) -> list[int]:
+        nonlocal writes
+        writes += 1
+        return append(*args)
 
-    assert emitter.stats.spooled > 0
-    assert emitter.stats.replayed == emitter.stats.spooled
-    received = await consume(kafka_settings, broker, topics.usage, len(sent))
-    assert_exactly_once(received, {e.event_id for e in sent})
-    assert_in_emit_order_per_tenant(received, sent)
+    emitter._spool.append = counting_append  # type: ignore[method-assign]
+    written = {id(emitter.emit(event)) for event in usage_events(64)}
+    await emitter.stop()
+    assert len(written) == 1
+    assert writes == 1
 
 
 # -- the emitter, broker down --------------------------------------------------------------
@@ -151,7 +159,8 @@ async def test_events_emitted_while_the_broker_is_down_arrive_once_and_in_order_
     first = await start_own_broker(own_broker_port, kafka, topics)
     emitter = make_emitter(kafka, address, topics.usage)
     await emitter.start()
-    for event in usage_events(20):
+    before = usage_events(20)
+    for event in before:
         emitter.emit(event)
     await wait_until(lambda: emitter.stats.emitted == 20)
 
@@ -159,22 +168,23 @@ async def test_events_emitted_while_the_broker_is_down_arrive_once_and_in_order_
     while_down = usage_events(100)
     for event in while_down:
         emitter.emit(event)
-    await wait_until(lambda: emitter.stats.spooled == len(while_down))
-    assert not emitter.broker_connected
+    await wait_until(lambda: emitter.stats.spooled == 20 + len(while_down))
+    await wait_until(lambda: not emitter.broker_connected)
     assert emitter.stats.spool_bytes > 0
 
     await start_own_broker(own_broker_port, kafka, topics)  # empty: Tansu keeps nothing
     after = usage_events(50)
     for event in after:
         emitter.emit(event)
-    sent = while_down + after
+    # The new broker lost the first 20, acknowledged by the old one: they are sent again.
+    sent = before + while_down + after
     await wait_until(lambda: emitter.stats.emitted == 20 + len(sent))
 
     received = await consume(kafka, address, topics.usage, len(sent))
     assert_exactly_once(received, {e.event_id for e in sent})
     assert_in_emit_order_per_tenant(received, sent)
     assert emitter.broker_connected
-    assert emitter.stats.replayed == emitter.stats.spooled
+    assert emitter.stats.resent == 20
     assert emitter.stats.spool_bytes == 0
 
 
@@ -227,7 +237,7 @@ async def test_stop_with_the_broker_down_leaves_every_event_for_the_next_emitter
 
     second = make_emitter(kafka_settings, broker, topics.usage, spool_dir)
     await second.start()
-    await wait_until(lambda: second.stats.replayed == len(sent))
+    await wait_until(lambda: second.stats.emitted == len(sent))
     await second.stop()
 
     received = await consume(kafka_settings, broker, topics.usage, len(sent))
@@ -236,7 +246,7 @@ async def test_stop_with_the_broker_down_leaves_every_event_for_the_next_emitter
     assert Spool(spool_dir).pending_records == 0
 
 
-async def test_events_that_do_not_fit_in_the_spool_are_counted_and_logged_as_dropped(
+async def test_every_event_that_does_not_fit_in_the_spool_is_logged_with_its_id(
     kafka_settings: KafkaSettings,
     make_emitter: MakeEmitter,
     caplog: pytest.LogCaptureFixture,
@@ -245,13 +255,65 @@ async def test_events_that_do_not_fit_in_the_spool_are_counted_and_logged_as_dro
     emitter = make_emitter(kafka_settings, nowhere, "tollgate.usage.v1", spool_max_bytes=4096)
     await emitter.start()
 
-    for event in usage_events(40):
+    sent = usage_events(40)
+    for event in sent:
         emitter.emit(event)
     await emitter.stop()
 
     assert emitter.stats.dropped > 0
     assert emitter.stats.spooled + emitter.stats.dropped == 40
-    assert any(r.levelno == logging.ERROR and "dropped" in r.getMessage() for r in caplog.records)
+    logged = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    kept = {e.event_id for e in sent[: emitter.stats.spooled]}
+    for event in sent:
+        assert (str(event.event_id) in logged) == (event.event_id not in kept)
+
+
+async def test_refused_calls_events_never_crowd_out_paid_ones_in_a_full_spool(
+    kafka_settings: KafkaSettings,
+    make_emitter: MakeEmitter,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    framed = 8 + 4 + len(encode(make_usage(tenant="acme")))
+    emitter = make_emitter(
+        kafka_settings, nowhere, "tollgate.usage.v1", spool_max_bytes=40 * framed
+    )
+    await emitter.start()
+    junk = [refused_call() for _ in range(500)]
+    for event in junk:
+        emitter.emit(event)
+    paid = [make_usage(tenant="acme") for _ in range(30)]
+    for event in paid:
+        emitter.emit(event)
+    await emitter.stop()
+
+    kept = {event.event_id for event in _spooled(tmp_path)}
+    assert {e.event_id for e in paid} <= kept
+    assert emitter.stats.dropped == len(junk) + len(paid) - emitter.stats.spooled
+    assert emitter.stats.spooled - len(paid) <= 4  # refused calls: a tenth of the spool
+    logged = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert all(str(e.event_id) in logged for e in junk if e.event_id not in kept)
+
+
+def refused_call() -> UsageEvent:
+    return make_usage(
+        tenant=None,
+        team=None,
+        api_key_id=None,
+        user=None,
+        status=Status.REJECTED_AUTH,
+        http_status=401,
+        input_tokens=0,
+        output_tokens=0,
+        cache_read_input_tokens=0,
+        reasoning_tokens=0,
+    )
+
+
+def _spooled(spool_dir: Path) -> list[UsageEvent]:
+    records = Spool(spool_dir / "spool").read_batch(10_000)[0]
+    return [decode(r[4 + int.from_bytes(r[:4]) :], UsageEvent) for r in records]
 
 
 # -- the spool -----------------------------------------------------------------------------
@@ -285,7 +347,6 @@ def test_acknowledged_records_are_not_read_again_after_a_restart(tmp_path: Path)
         assert rest == records(6, start=4)
         reopened.ack(cursor)
         assert reopened.pending_records == reopened.size_bytes == 0
-        assert not list(tmp_path.glob("*.seg"))
 
     assert Spool(tmp_path).read_batch(100)[0] == []
 
@@ -303,7 +364,7 @@ def test_records_spanning_many_segments_are_read_and_acknowledged_in_order(
             seen += batch
             spool.ack(cursor)
     assert seen == records(50)
-    assert not list(tmp_path.glob("*.seg"))
+    assert len(list(tmp_path.glob("*.seg"))) == 1  # shipped ones are kept no longer
 
 
 @pytest.mark.parametrize("damage", ["cut mid-record", "garbage appended"])
@@ -314,7 +375,11 @@ def test_a_torn_record_at_the_tail_is_ignored_and_earlier_ones_are_kept(
         spool.append(records(3))
     (segment,) = tmp_path.glob("*.seg")
     data = segment.read_bytes()
-    torn = data[:-5] if damage == "cut mid-record" else data + b"\x00\x00\x00\x09partial"
+    end = len(data.rstrip(b"\x00"))  # a segment is created full of zeros
+    if damage == "cut mid-record":  # the last record's last bytes never reached the disk
+        torn = data[: end - 5] + bytes(len(data) - end + 5)
+    else:  # a record half-written after the last one
+        torn = data[:end] + b"\x00\x00\x00\x09partial" + data[end + 15 :]
     segment.write_bytes(torn)
 
     with Spool(tmp_path) as reopened:
@@ -324,16 +389,16 @@ def test_a_torn_record_at_the_tail_is_ignored_and_earlier_ones_are_kept(
         assert reopened.read_batch(100)[0] == [*expected, b"after the crash"]
 
 
-def test_a_full_spool_refuses_the_overflow_and_says_how_much(tmp_path: Path) -> None:
+def test_a_full_spool_refuses_the_overflow_and_says_which(tmp_path: Path) -> None:
     framed = 8 + len(records(1)[0])
     with Spool(tmp_path, max_bytes=10 * framed) as spool:
-        assert spool.append(records(15)) == 5
+        assert spool.append(records(15)) == [10, 11, 12, 13, 14]
         assert spool.pending_records == 10
         assert spool.read_batch(100)[0] == records(10)
 
         _, cursor = spool.read_batch(3)
         spool.ack(cursor)
-        assert spool.append(records(5, start=10)) == 2
+        assert spool.append(records(5, start=10)) == [3, 4]
 
 
 def test_crossing_80_percent_of_the_bound_warns_once_until_usage_falls_below_again(
@@ -359,3 +424,48 @@ def test_crossing_80_percent_of_the_bound_warns_once_until_usage_falls_below_aga
         spool.ack(cursor)
         spool.append(records(4))
         assert warnings() == 2
+
+
+def test_shipped_records_are_kept_and_a_rewind_makes_them_due_again(tmp_path: Path) -> None:
+    with Spool(tmp_path, retain_s=60, segment_bytes=64) as spool:
+        spool.append(records(20))
+        _, cursor = spool.read_batch(20)
+        spool.ack(cursor, {"cluster": "a"})
+        assert spool.pending_records == 0
+        spool.append(records(2, start=20))
+
+    with Spool(tmp_path, retain_s=60, segment_bytes=64) as reopened:
+        assert reopened.mark == {"cluster": "a"}
+        assert reopened.rewind({"cluster": "b"}) == 20
+        assert reopened.read_batch(100)[0] == records(22)
+        assert reopened.mark == {"cluster": "b"}
+
+
+def test_shipped_records_past_their_retention_are_deleted(tmp_path: Path) -> None:
+    with Spool(tmp_path, retain_s=0, segment_bytes=64) as spool:
+        spool.append(records(20))
+        _, cursor = spool.read_batch(20)
+        spool.ack(cursor)
+        assert len(list(tmp_path.glob("*.seg"))) == 1  # the one appended to, kept
+        assert spool.rewind() < 20
+
+
+def test_shipped_records_give_way_to_new_ones_when_the_spool_is_full(tmp_path: Path) -> None:
+    framed = 8 + len(records(1)[0])
+    with Spool(tmp_path, max_bytes=10 * framed, segment_bytes=2 * framed, retain_s=3600) as spool:
+        spool.append(records(10))
+        _, cursor = spool.read_batch(10)
+        spool.ack(cursor)
+        assert spool.append(records(8, start=10)) == []
+        assert spool.disk_bytes <= 10 * framed
+
+
+def test_the_spool_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    with Spool(directory) as spool:
+        spool.append(records(3))
+        _, cursor = spool.read_batch(3)
+        spool.ack(cursor)
+    assert directory.stat().st_mode & 0o777 == 0o700
+    for path in directory.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path.name

@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,10 @@ class EmbeddedBroker:
                     url,
                     "--storage-engine",
                     "memory://tansu/",
+                    # A new id at each start: clients that see it change know that what
+                    # they had sent is gone (the gateway then sends its log again).
+                    "--cluster-id",
+                    f"tollgate-embedded-{uuid.uuid4().hex}",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -201,3 +207,21 @@ def running_broker(kafka: KafkaSettings, log_path: Path | None = None) -> Iterat
     with EmbeddedBroker(log_path=log_path) as broker:
         asyncio.run(ensure_topics(kafka, broker.bootstrap_servers, kafka.topics()))
         yield broker.bootstrap_servers
+
+
+def embedded_broker_environment(kafka: KafkaSettings, bootstrap_servers: str) -> list[str]:
+    """``NAME=value`` for every setting another process needs to use the embedded broker.
+
+    Its memory engine refuses idempotent producers, and its group joins wait the whole
+    session timeout: a process that only knew the address would treat it as a cluster.
+    """
+    environment = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "TOLLGATE_KAFKA_IDEMPOTENCE": "false",
+        "TOLLGATE_KAFKA_SESSION_TIMEOUT_S": f"{kafka.effective_session_timeout_s:g}",
+    }
+    if kafka.topic_prefix:
+        environment["TOLLGATE_KAFKA_TOPIC_PREFIX"] = kafka.topic_prefix
+    if kafka.partitions != KafkaSettings.model_fields["partitions"].default:
+        environment["TOLLGATE_KAFKA_PARTITIONS"] = str(kafka.partitions)
+    return [f"{name}={shlex.quote(value)}" for name, value in environment.items()]

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from tollgate import __version__
-from tollgate.broker import running_broker
+from tollgate.broker import embedded_broker_environment, running_broker
 from tollgate.errors import TollgateError
 from tollgate.logs import configure_logging
 from tollgate.settings import Settings, load_settings
@@ -49,6 +49,8 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 def broker(obj: _Context, log: Path | None) -> None:
     """Run the embedded Kafka broker with every Tollgate topic, until Ctrl-C.
 
+    Prints the settings every other process needs to use it (`export ...`).
+
     If KAFKA_BOOTSTRAP_SERVERS is set, nothing is started: the topics are created on
     that cluster and the command exits.
     """
@@ -58,7 +60,7 @@ def broker(obj: _Context, log: Path | None) -> None:
         click.echo(f"broker ready at {bootstrap} with topics under {topics.usage!r} & co.")
         if not settings.kafka.embedded:
             return
-        click.echo(f"  export KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
+        click.echo(f"  export {' '.join(embedded_broker_environment(settings.kafka, bootstrap))}")
         click.echo("embedded broker keeps data in memory only; Ctrl-C stops it.")
         _wait_for_stop_signal()
     click.echo("broker stopped.")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import BrokerResponseError
 
+from tollgate.errors import BrokerError
 from tollgate.settings import KafkaSettings
 
 
@@ -38,6 +40,35 @@ def producer_options(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, 
         "compression_type": "zstd",
         "linger_ms": 5,
     }
+
+
+def refuses_idempotence(kafka: KafkaSettings, error: BaseException) -> bool:
+    """Whether ``error``, met starting a producer, is a broker refusing idempotence.
+
+    The embedded broker answers InitProducerId with an error; aiokafka raises it as is.
+    """
+    return kafka.effective_idempotence and isinstance(error, BrokerResponseError)
+
+
+def idempotence_refused(bootstrap_servers: str, error: BaseException) -> str:
+    """The message for it: what happened, and the setting that fixes it."""
+    return (
+        f"the broker at {bootstrap_servers} refuses idempotent producers (InitProducerId: "
+        f"{error!r}), as the embedded broker does: set TOLLGATE_KAFKA_IDEMPOTENCE=false "
+        "(`tollgate broker` prints every setting its clients need)"
+    )
+
+
+async def start_producer(
+    producer: AIOKafkaProducer, kafka: KafkaSettings, bootstrap_servers: str
+) -> None:
+    """Start ``producer``; a broker refusing idempotence is a ``BrokerError`` saying so."""
+    try:
+        await producer.start()
+    except BrokerResponseError as error:
+        if not refuses_idempotence(kafka, error):
+            raise
+        raise BrokerError(idempotence_refused(bootstrap_servers, error)) from None
 
 
 def consumer_options(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, Any]:

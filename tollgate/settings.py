@@ -94,8 +94,14 @@ class GatewaySettings(Section):
     routes_file: Path | None = None
     """YAML file with models, backends, API keys and JWT settings."""
     spool_dir: Path = Path("var/spool")
-    """Where usage events wait, durably, while the broker is unreachable."""
+    """The write-ahead log of usage events: each is fsynced here before its call's answer
+    completes, shipped to the broker from here, and kept a while after (mode 700/600)."""
     spool_max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
+    """Bound on events not yet shipped (events kept after shipping give way first)."""
+    spool_retain_s: Annotated[float, Field(ge=0)] = 300.0
+    """How long shipped events are kept, to be shipped again to a broker that lost them."""
+    spool_refused_share: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """Share of ``spool_max_bytes`` that refused calls' events may take."""
     max_body_bytes: Annotated[int, Field(gt=0)] = 4 << 20
     budget_fail_open: bool = True
     """Before the budget state has been read once: allow calls (open) or refuse (closed)."""
