@@ -194,6 +194,8 @@ async def _readyz(request: web.Request) -> web.Response:
         "config": True,
         "broker": proxy.emitter.broker_connected,
         "budget_state": feed.caught_up,
+        # Its claims are back from the broker: it has a share of every budget.
+        "budget_shares": proxy.budgets.joined,
     }
     ready = all(checks.values())
     return web.json_response(

@@ -8,10 +8,10 @@ every call under it is reserved against its limit from the first one. The stream
 Between the stream's count and the truth stand the calls it has not seen: those in flight
 (held at their estimate) and those finished after the state's ``as_of_time``. Alone, an
 instance counts its own (``solo``: no ``ShareView``). With others it cannot see theirs as
-they happen, so it admits only within its share of what no instance had claimed at the
-last common cut (``gateway.budget_shares``); a call that fits the budget but not the share
-raises ``ShareExhausted``, which the caller answers by waiting for the shares to follow
-demand.
+they happen, so its own holdings stay within its share of the budget's free headroom,
+less what each other instance may hold (``gateway.budget_shares``); a call that fits the
+budget but not the share raises ``ShareExhausted``, which the caller answers by waiting
+for the shares to follow demand.
 
 Lookup cost: the subjects a call falls under are found once per distinct set of call
 dimensions and remembered until a definition or a subject is added; a call then costs a
@@ -85,11 +85,10 @@ NO_BUDGET = BudgetHeadroom()
 class Reservation:
     """A call's estimate, held against every blocking budget it falls under until it ends."""
 
-    __slots__ = ("_epochs", "_ledgers", "_open", "_tokens", "_usd")
+    __slots__ = ("_ledgers", "_open", "_tokens", "_usd")
 
-    def __init__(self, ledgers: list[Ledger], epochs: list[int], tokens: int, usd: Decimal) -> None:
+    def __init__(self, ledgers: list[Ledger], tokens: int, usd: Decimal) -> None:
         self._ledgers = ledgers
-        self._epochs = epochs
         self._tokens = tokens
         self._usd = usd
         self._open = True
@@ -101,25 +100,24 @@ class Reservation:
 
     def finish(self, tokens: int, usd: Decimal, end_time: datetime) -> None:
         """The call is done and used this much; it counts until the stream has seen it."""
-        if self._release(tokens, usd):
+        if self._release():
             for ledger in self._ledgers:
                 ledger.record_finished(end_time, tokens, usd)
 
     def cancel(self) -> None:
         """The call used nothing: release its estimate."""
-        self._release(0, _ZERO)
+        self._release()
 
-    def _release(self, tokens: int, usd: Decimal) -> bool:
+    def _release(self) -> bool:
         if not self._open:
             return False
         self._open = False
-        unused = (self._tokens - tokens, self._usd - usd)
-        for ledger, epoch in zip(self._ledgers, self._epochs, strict=True):
-            ledger.release(self._tokens, self._usd, epoch, unused)
+        for ledger in self._ledgers:
+            ledger.release(self._tokens, self._usd)
         return True
 
 
-_NOTHING_RESERVED = Reservation([], [], 0, _ZERO)
+_NOTHING_RESERVED = Reservation([], 0, _ZERO)
 
 
 @dataclass(slots=True)
@@ -128,15 +126,18 @@ class _Standing:
 
     ledger: Ledger
     state: BudgetState | None
-    counted_tokens: int
-    """Spent by the stream's account plus what is claimed beyond it."""
-    counted_usd: Decimal
-    pending_tokens: int
-    """On top of ``counted``: solo, calls in flight; shared, admitted here since the cut."""
-    pending_usd: Decimal
-    share: float = 1.0
-    free_tokens: int | None = None
-    free_usd: Decimal | None = None
+    used_tokens: int
+    """Surely used: spent by the stream's account plus this instance's finished calls."""
+    used_usd: Decimal
+    held_tokens: int
+    """On top of ``used``: reserved here, and held by the other instances as announced."""
+    held_usd: Decimal
+    own_tokens: int = 0
+    """This instance's holdings: reserved plus finished and not yet counted."""
+    own_usd: Decimal = _ZERO
+    usable_tokens: int | None = None
+    """What this instance's holdings may reach; None: no limit on it beyond the budget's."""
+    usable_usd: Decimal | None = None
 
 
 class BudgetBook:
@@ -170,6 +171,11 @@ class BudgetBook:
     @property
     def caught_up(self) -> bool:
         return self._caught_up
+
+    @property
+    def joined(self) -> bool:
+        """Part of the other instances' cut now (always, alone)."""
+        return self.shares is None or self.shares.cut_at(time.time()) is not None
 
     def mark_caught_up(self) -> None:
         """The feed has read the state and definitions to their end once."""
@@ -257,13 +263,15 @@ class BudgetBook:
         ledgers = self._applicable(dimensions)
         if not ledgers:
             return _NOTHING_RESERVED, NO_BUDGET
-        cut = None
+        cut, recent = None, []
         if self.shares is not None:
-            cut = self.shares.cut_at(now.timestamp())
+            now_s = now.timestamp()
+            cut = self.shares.cut_at(now_s)
+            recent = self.shares.recent(now_s)
         refusal: BudgetExceeded | None = None
         standings = []
         for ledger in ledgers:
-            standing = self._standing(ledger, cut, now)
+            standing = self._standing(ledger, cut, recent, now)
             standings.append(standing)
             verdict = _verdict(standing, est_tokens, est_usd, now)
             if verdict is not None and _graver(verdict, refusal):
@@ -282,11 +290,10 @@ class BudgetBook:
             )
         if refusal is not None:
             raise refusal
-        epochs = []
         for ledger in ledgers:
-            epochs.append(ledger.reserve(est_tokens, est_usd))
+            ledger.reserve(est_tokens, est_usd)
             self._active.add(ledger)
-        return Reservation(ledgers, epochs, est_tokens, est_usd), _tightest(
+        return Reservation(ledgers, est_tokens, est_usd), _tightest(
             standings, est_tokens, est_usd, now
         )
 
@@ -337,7 +344,6 @@ class BudgetBook:
         keep_after_s = now_s - DEMAND_WINDOW_S
         if shares is not None:
             cut_s = (now_s - shares.delay_s) // shares.period_s * shares.period_s
-            keep_after_s = min(keep_after_s, cut_s - shares.period_s)
         claims = []
         for ledger in list(self._active):
             self._forget_covered(ledger, ledger.state_at(cut_s), now)
@@ -362,37 +368,66 @@ class BudgetBook:
 
     # -- inside -------------------------------------------------------------------------
 
-    def _standing(self, ledger: Ledger, cut: Cut | None, now: datetime) -> _Standing:
+    def _standing(
+        self, ledger: Ledger, cut: Cut | None, recent: list[Cut], now: datetime
+    ) -> _Standing:
         state = ledger.state_at(None if cut is None else cut.cut_s)
         self._forget_covered(ledger, state, now)
         spent_tokens, spent_usd = _stream_spend(state, now)
-        if cut is None:
-            # Solo, or cut off from the others: its own calls, and (cut off) an even share.
-            return _Standing(
-                ledger,
-                state,
-                spent_tokens + ledger.finished_tokens,
-                spent_usd + ledger.finished_usd,
-                ledger.reserved_tokens,
-                ledger.reserved_usd,
-                1.0 if self.shares is None else 1.0 / self.shares.members_seen,
-            )
-        claimed_tokens, claimed_usd = cut.claimed(ledger.key)
-        since_tokens, since_usd = ledger.admitted_since(cut.own_sent_s)
-        counted_tokens = spent_tokens + claimed_tokens
-        counted_usd = spent_usd + claimed_usd
-        limit_tokens, limit_usd = ledger.limit_tokens, ledger.limit_usd
-        return _Standing(
+        used_tokens = spent_tokens + ledger.finished_tokens
+        used_usd = spent_usd + ledger.finished_usd
+        standing = _Standing(
             ledger,
             state,
-            counted_tokens,
-            counted_usd,
-            since_tokens,
-            since_usd,
-            cut.share(ledger.key),
-            None if limit_tokens is None else limit_tokens - counted_tokens,
-            None if limit_usd is None else limit_usd - counted_usd,
+            used_tokens,
+            used_usd,
+            ledger.reserved_tokens,
+            ledger.reserved_usd,
+            ledger.claimed_tokens,
+            ledger.claimed_usd,
         )
+        limit_tokens, limit_usd = ledger.limit_tokens, ledger.limit_usd
+        if self.shares is None:
+            return standing
+        if cut is None:
+            # Cut off from the others after having been with them: an even share.
+            share = 1.0 / self.shares.members_seen
+            if limit_tokens is not None:
+                standing.usable_tokens = int(share * (limit_tokens - spent_tokens))
+            if limit_usd is not None:
+                standing.usable_usd = Decimal(share) * (limit_usd - spent_usd)
+            return standing
+        others_tokens, others_usd = cut.held_by_others(ledger.key)
+        standing.held_tokens += others_tokens
+        standing.held_usd += others_usd
+        key, own = ledger.key, cut.own_id
+        share = cut.shares(key).get(own, 0.0)
+        # What each other instance may hold now: as announced, or its share of a recent cut.
+        potential: dict[str, tuple[int, Decimal]] = {}
+        for member in cut.members:
+            if member != own:
+                potential[member] = cut.held(key, member)
+        for past in recent:
+            past_state = ledger.state_at(past.cut_s)
+            past_tokens, past_usd = _stream_spend(past_state, now)
+            for member, past_share in past.shares(key).items():
+                if member == own:
+                    continue
+                held_tokens, held_usd = potential.get(member, (0, _ZERO))
+                if limit_tokens is not None:
+                    held_tokens = max(held_tokens, int(past_share * (limit_tokens - past_tokens)))
+                if limit_usd is not None:
+                    held_usd = max(held_usd, Decimal(past_share) * (limit_usd - past_usd))
+                potential[member] = (held_tokens, held_usd)
+        if limit_tokens is not None:
+            free = limit_tokens - spent_tokens
+            others = sum(tokens for tokens, _ in potential.values())
+            standing.usable_tokens = min(int(share * free), free - others)
+        if limit_usd is not None:
+            free_usd = limit_usd - spent_usd
+            others_usd = sum((usd for _, usd in potential.values()), _ZERO)
+            standing.usable_usd = min(Decimal(share) * free_usd, free_usd - others_usd)
+        return standing
 
     def _forget_covered(self, ledger: Ledger, state: BudgetState | None, now: datetime) -> None:
         ledger.forget_finished_until(now - timedelta(seconds=FINISHED_TTL_S))
@@ -517,35 +552,25 @@ def _verdict(
     ledger, state = standing.ledger, standing.state
     if state is not None and now < state.window_end and state.is_blocking(now):
         return _refusal(ledger, state, state.spent_tokens, state.spent_usd, None, now)
-    counted_tokens, counted_usd = standing.counted_tokens, standing.counted_usd
-    if _over(ledger, counted_tokens, counted_usd, est_tokens, est_usd):
-        return _refusal(ledger, state, counted_tokens, counted_usd, (est_tokens, est_usd), now)
-    with_pending_tokens = counted_tokens + standing.pending_tokens
-    with_pending_usd = counted_usd + standing.pending_usd
-    if _over(ledger, with_pending_tokens, with_pending_usd, est_tokens, est_usd):
-        left = _left(ledger, with_pending_tokens, with_pending_usd)
+    used_tokens, used_usd = standing.used_tokens, standing.used_usd
+    if _over(ledger, used_tokens, used_usd, est_tokens, est_usd):
+        return _refusal(ledger, state, used_tokens, used_usd, (est_tokens, est_usd), now)
+    with_held_tokens = used_tokens + standing.held_tokens
+    with_held_usd = used_usd + standing.held_usd
+    if _over(ledger, with_held_tokens, with_held_usd, est_tokens, est_usd):
+        left = _left(ledger, with_held_tokens, with_held_usd)
         return BudgetExceeded(
             f"budget {ledger.budget_id!r} for {ledger.subject} has {left} left with calls "
             f"in flight, not enough for this call; retry when they finish",
             retry_after_s=IN_FLIGHT_RETRY_S,
             budget_id=ledger.budget_id,
         )
-    share = standing.share
-    if standing.free_tokens is not None and (
-        standing.pending_tokens + est_tokens > share * standing.free_tokens
+    if standing.usable_tokens is not None and (
+        standing.own_tokens + est_tokens > standing.usable_tokens
     ):
         return _share_refusal(ledger)
-    if standing.free_usd is not None and (
-        standing.pending_usd + est_usd > Decimal(share) * standing.free_usd
-    ):
+    if standing.usable_usd is not None and (standing.own_usd + est_usd > standing.usable_usd):
         return _share_refusal(ledger)
-    if standing.free_tokens is None and share < 1.0:
-        # Solo accounting while the instance is cut off from the others: its even share.
-        limit_tokens = ledger.limit_tokens
-        if limit_tokens is not None and standing.pending_tokens + est_tokens > share * (
-            limit_tokens - counted_tokens
-        ):
-            return _share_refusal(ledger)
     return None
 
 
@@ -620,8 +645,8 @@ def _tightest(
     best_fraction = 2.0
     for standing in standings:
         ledger = standing.ledger
-        used_tokens = standing.counted_tokens + standing.pending_tokens + est_tokens
-        used_usd = standing.counted_usd + standing.pending_usd + est_usd
+        used_tokens = standing.used_tokens + standing.held_tokens + est_tokens
+        used_usd = standing.used_usd + standing.held_usd + est_usd
         fraction = 1.0
         remaining_tokens = remaining_usd = None
         limit_tokens, limit_usd = ledger.limit_tokens, ledger.limit_usd

@@ -8,9 +8,7 @@ admitted a call under. It holds:
 - this instance's calls the stream cannot have counted yet: reservations of calls in
   flight, and the real usage of finished calls until a state covers their ``end_time``;
 - the running total of estimates it ever admitted, marked at each announcement, so that
-  what it admitted since any announcement is one subtraction; less the *credits* of calls
-  admitted since that finished using less than their estimate (or nothing), so that calls
-  one after the other count at what they used, not at what they reserved.
+  what it admitted in the last second (its demand) is one subtraction.
 """
 
 from __future__ import annotations
@@ -34,9 +32,7 @@ class Ledger:
         "admitted_tokens",
         "admitted_usd",
         "budget_id",
-        "credits",
         "definition",
-        "epoch",
         "finished",
         "finished_tokens",
         "finished_usd",
@@ -76,13 +72,8 @@ class Ledger:
         self.admitted_tokens = 0
         self.admitted_usd = ZERO_USD
         """Every estimate ever admitted here (never decreases)."""
-        self.marks: deque[tuple[float, int, Decimal, int]] = deque()
-        """(announced at, admitted_tokens, admitted_usd, epoch it closed) at announcements
-        after a change."""
-        self.epoch = 0
-        """Calls admitted now belong to this epoch; an announcement that marks closes it."""
-        self.credits: dict[int, tuple[int, Decimal]] = {}
-        """Per epoch, what its calls reserved and did not use."""
+        self.marks: deque[tuple[float, int, Decimal]] = deque()
+        """(announced at, admitted_tokens, admitted_usd) at announcements after a change."""
         self.touched = False
         """Admitted something since the last announcement."""
         self.waiting_tokens = 0
@@ -156,22 +147,16 @@ class Ledger:
     def claimed_usd(self) -> Decimal:
         return self.reserved_usd + self.finished_usd
 
-    def reserve(self, tokens: int, usd: Decimal) -> int:
-        """Hold an estimate; returns the epoch to credit what it does not use to."""
+    def reserve(self, tokens: int, usd: Decimal) -> None:
         self.reserved_tokens += tokens
         self.reserved_usd += usd
         self.admitted_tokens += tokens
         self.admitted_usd += usd
         self.touched = True
-        return self.epoch
 
-    def release(self, tokens: int, usd: Decimal, epoch: int, unused: tuple[int, Decimal]) -> None:
+    def release(self, tokens: int, usd: Decimal) -> None:
         self.reserved_tokens -= tokens
         self.reserved_usd -= usd
-        unused_tokens, unused_usd = max(unused[0], 0), max(unused[1], ZERO_USD)
-        if unused_tokens or unused_usd:
-            credit_tokens, credit_usd = self.credits.get(epoch, (0, ZERO_USD))
-            self.credits[epoch] = (credit_tokens + unused_tokens, credit_usd + unused_usd)
 
     def record_finished(self, end_time: datetime, tokens: int, usd: Decimal) -> None:
         latest = self.latest
@@ -195,38 +180,20 @@ class Ledger:
     # -- marks at announcements ---------------------------------------------------------
 
     def mark(self, announced_s: float, keep_after_s: float) -> None:
-        """Remember the admitted totals as of an announcement; drop marks no cut needs."""
-        self.marks.append((announced_s, self.admitted_tokens, self.admitted_usd, self.epoch))
-        self.epoch += 1
+        """Remember the admitted totals as of an announcement; drop marks no longer needed."""
+        self.marks.append((announced_s, self.admitted_tokens, self.admitted_usd))
         self.touched = False
         marks = self.marks
         while len(marks) > 1 and marks[1][0] <= keep_after_s:
             marks.popleft()
-        oldest = marks[0][3]
-        for epoch in [e for e in self.credits if e <= oldest]:
-            del self.credits[epoch]
 
-    def admitted_at(self, announced_s: float) -> tuple[int, Decimal]:
-        """The admitted totals as of the announcement at ``announced_s``.
+    def admitted_at(self, at_s: float) -> tuple[int, Decimal]:
+        """The admitted totals as of ``at_s`` (as of the last announcement before it).
 
         No mark at or before it means nothing had been admitted by then: an announcement
         marks every ledger admitted under since the one before.
         """
-        for at_s, tokens, usd, _ in reversed(self.marks):
-            if at_s <= announced_s:
+        for marked_s, tokens, usd in reversed(self.marks):
+            if marked_s <= at_s:
                 return tokens, usd
         return 0, ZERO_USD
-
-    def admitted_since(self, announced_s: float) -> tuple[int, Decimal]:
-        """What calls admitted after the announcement at ``announced_s`` hold or used."""
-        closed = -1
-        tokens, usd = self.admitted_tokens, self.admitted_usd
-        for at_s, at_tokens, at_usd, epoch in reversed(self.marks):
-            if at_s <= announced_s:
-                tokens, usd, closed = tokens - at_tokens, usd - at_usd, epoch
-                break
-        for epoch, (credit_tokens, credit_usd) in self.credits.items():
-            if epoch > closed:
-                tokens -= credit_tokens
-                usd -= credit_usd
-        return tokens, usd
