@@ -57,6 +57,7 @@ stream's state is this much past it."""
 
 _ZERO = Decimal(0)
 _ORDER = {dimension: index for index, dimension in enumerate(Dimension)}
+_DIMENSIONS = tuple(Dimension)
 
 Shape = tuple[Dimension, ...]
 """The dimensions a budget's scope names, in subject order."""
@@ -435,7 +436,7 @@ class BudgetBook:
             ledger.forget_finished_until(state.as_of_time - self._cover_margin)
 
     def _applicable(self, dimensions: Mapping[Dimension, str | None]) -> list[Ledger]:
-        values = tuple(dimensions.get(dimension) for dimension in Dimension)
+        values = tuple(map(dimensions.get, _DIMENSIONS))
         found = self._matches.get(values)
         if found is not None:
             return found

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -200,7 +201,7 @@ class BudgetFeed:
         try:
             if record.topic == self._claims_topic:
                 if record.value is not None and self._shares is not None:
-                    self._shares.take(decode(record.value, GatewayClaims))
+                    self._shares.take(decode(record.value, GatewayClaims), time.monotonic())
                     self.stats.claims_taken += 1
                 return
             if key is None:

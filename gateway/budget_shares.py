@@ -35,6 +35,7 @@ does not carry its announcements) has no share: it waits, then refuses with a sh
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from decimal import Decimal
 
@@ -123,9 +124,19 @@ class ShareView:
         """Instances in the last cut this instance was part of."""
         self.ever_joined = False
         """This instance has been part of a cut: if it drops out, the broker is failing."""
+        self.last_echo_s: float | None = None
+        """When (monotonic) the broker last brought back one of this instance's own."""
 
-    def take(self, announcement: GatewayClaims) -> None:
-        """An announcement read from the claims topic (this instance's own ones too)."""
+    def take_own(self, announcement: GatewayClaims) -> None:
+        """This instance's announcement as it sends it: it counts itself from its own copy,
+        as the others will once the broker brings it (within ``delay_s``, by assumption)."""
+        self.take(announcement)
+
+    def take(self, announcement: GatewayClaims, now_mono_s: float | None = None) -> None:
+        """An announcement read from the claims topic (this instance's own ones too, with
+        ``now_mono_s``: proof that the broker carries them)."""
+        if announcement.instance_id == self.instance_id and now_mono_s is not None:
+            self.last_echo_s = now_mono_s
         sent_s = announcement.sent_at.timestamp()
         history = self._announced.setdefault(announcement.instance_id, deque())
         if history and sent_s <= history[-1][0]:
@@ -136,9 +147,15 @@ class ShareView:
             self._cuts.pop()
 
     def cut_at(self, now_s: float) -> Cut | None:
-        """The cut at ``now_s``, or None while this instance's announcements are not in it."""
+        """The cut at ``now_s``, or None while this instance is not part of it: its own
+        announcements are not in it yet, or the broker has not brought one back for half
+        the TTL (the others are about to count it gone)."""
         cut = self._current(now_s)
-        return cut if cut.joined else None
+        if not cut.joined:
+            return None
+        if self.last_echo_s is None or time.monotonic() - self.last_echo_s > self.ttl_s / 2:
+            return None
+        return cut
 
     def recent(self, now_s: float) -> list[Cut]:
         """The cuts of the last ``window_s``, the current one last."""
@@ -161,7 +178,7 @@ class ShareView:
             cuts.append((at, self._build(at * self.period_s)))
         self._prune(oldest * self.period_s)
         cut = cuts[-1][1]
-        if cut.joined:
+        if cut.joined and self.last_echo_s is not None:
             self.members_seen = len(cut.members)
             self.ever_joined = True
         return cut

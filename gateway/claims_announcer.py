@@ -77,6 +77,8 @@ class ClaimsAnnouncer:
         next_at = loop.time()
         while True:
             announcement = self._book.announcement(self._instance_id, datetime.now(UTC))
+            if self._book.shares is not None:
+                self._book.shares.take_own(announcement)
             # Not awaited one by one: a slow acknowledgement must not stretch the period.
             await producer.send(self._topic, encode(announcement), key=key)
             self.sent += 1
