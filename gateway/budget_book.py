@@ -99,6 +99,11 @@ class Reservation:
         """Whether any blocking budget counts this call (else finishing it is a no-op)."""
         return bool(self._ledgers)
 
+    @property
+    def counts_usd(self) -> bool:
+        """Whether a budget it falls under has a dollar limit (else its cost is not needed)."""
+        return any(ledger.limit_usd is not None for ledger in self._ledgers)
+
     def finish(self, tokens: int, usd: Decimal, end_time: datetime) -> None:
         """The call is done and used this much; it counts until the stream has seen it."""
         if self._release():
@@ -218,6 +223,7 @@ class BudgetBook:
         current = self._definitions.get(definition.budget_id)
         for ledger in [x for x in self._ledgers.values() if x.budget_id == definition.budget_id]:
             ledger.definition = current
+            ledger.share_cache = ledger.reset_cache = None
             if current is None and not ledger.states:
                 self._drop(ledger)
             else:
@@ -398,6 +404,13 @@ class BudgetBook:
             if limit_usd is not None:
                 standing.usable_usd = Decimal(share) * (limit_usd - spent_usd)
             return standing
+        cached = ledger.share_cache
+        if cached is not None and cached[0] is cut and cached[1] is state:
+            _, _, others_tokens, others_usd, usable_tokens, usable_usd = cached
+            standing.held_tokens += others_tokens
+            standing.held_usd += others_usd
+            standing.usable_tokens, standing.usable_usd = usable_tokens, usable_usd
+            return standing
         others_tokens, others_usd = cut.held_by_others(ledger.key)
         standing.held_tokens += others_tokens
         standing.held_usd += others_usd
@@ -428,6 +441,16 @@ class BudgetBook:
             free_usd = limit_usd - spent_usd
             others_usd = sum((usd for _, usd in potential.values()), _ZERO)
             standing.usable_usd = min(Decimal(share) * free_usd, free_usd - others_usd)
+        # Everything above is a function of the cut and the state: the same until either
+        # changes (every period), whatever the number of calls in between.
+        ledger.share_cache = (
+            cut,
+            state,
+            others_tokens,
+            others_usd,
+            standing.usable_tokens,
+            standing.usable_usd,
+        )
         return standing
 
     def _forget_covered(self, ledger: Ledger, state: BudgetState | None, now: datetime) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from tollgate.budget_windows import window_view
 from tollgate.contract import BudgetAction, BudgetDefinition, BudgetState, Dimension
@@ -40,7 +41,9 @@ class Ledger:
         "marks",
         "reserved_tokens",
         "reserved_usd",
+        "reset_cache",
         "scope",
+        "share_cache",
         "states",
         "subject",
         "touched",
@@ -78,6 +81,10 @@ class Ledger:
         """Admitted something since the last announcement."""
         self.waiting_tokens = 0
         self.waiting_usd = ZERO_USD
+        self.share_cache: tuple[Any, ...] | None = None
+        """(cut, state, what the others hold, what this instance may hold), as computed."""
+        self.reset_cache: tuple[int, datetime] | None = None
+        """(second, reset time) of the window the definition gives, without a state."""
 
     # -- what the budget is -------------------------------------------------------------
 
@@ -124,7 +131,14 @@ class Ledger:
             if state.window_end > now:
                 return state.window_end
         if self.definition is not None:
-            return window_view(self.definition.window, now).span.end
+            second = int(now.timestamp())
+            cached = self.reset_cache
+            if cached is None or cached[0] != second:
+                cached = self.reset_cache = (
+                    second,
+                    window_view(self.definition.window, now).span.end,
+                )
+            return cached[1]
         return now
 
     # -- the stream's states ------------------------------------------------------------

@@ -203,7 +203,7 @@ class Proxy:
                 if event.total_tokens or call.status is Status.OK:
                     usd = (
                         self.spend.cost_usd(event)
-                        if self.spend is not None and reservation.holds_budgets
+                        if self.spend is not None and reservation.counts_usd
                         else Decimal(0)
                     )
                     reservation.finish(event.total_tokens, usd, event.end_time)
