@@ -502,7 +502,9 @@ class BudgetBook:
         scope: dict[Dimension, str],
         definition: BudgetDefinition | None,
     ) -> Ledger:
-        ledger = self._ledgers[key] = Ledger(key, budget_id, subject, scope, definition)
+        ledger = self._ledgers[key] = Ledger(
+            key, budget_id, subject, scope, definition, shared=self.shares is not None
+        )
         self._reindex(ledger)
         return ledger
 

@@ -44,6 +44,7 @@ class Ledger:
         "reset_cache",
         "scope",
         "share_cache",
+        "shared",
         "states",
         "subject",
         "touched",
@@ -58,8 +59,12 @@ class Ledger:
         subject: str,
         scope: dict[Dimension, str],
         definition: BudgetDefinition | None,
+        shared: bool = False,
     ) -> None:
         self.key = key
+        self.shared = shared
+        """Instances share the budget: a finished call counts until the cut's state covers
+        it, even if a newer state seems to already."""
         self.budget_id = budget_id
         self.subject = subject
         self.scope = scope
@@ -174,7 +179,7 @@ class Ledger:
 
     def record_finished(self, end_time: datetime, tokens: int, usd: Decimal) -> None:
         latest = self.latest
-        if (tokens or usd) and (latest is None or end_time > latest.as_of_time):
+        if (tokens or usd) and (self.shared or latest is None or end_time > latest.as_of_time):
             self.finished.append((end_time, tokens, usd))
             self.finished_tokens += tokens
             self.finished_usd += usd
