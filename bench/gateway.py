@@ -8,6 +8,10 @@ the machine's speed hits both alike; medians over the rounds are reported. The C
 the serving process spends per call (the provider's when called directly, the gateway's
 own otherwise) is the figure least moved by noise.
 
+The bench tenant is under a blocking token budget (from a budgets file, as in production)
+far above what the bench spends, so every call pays for its budget check, reservation and
+share of the instances' headroom, and none is refused.
+
 At the end the gateway's own metrics must show one usage event per call it served.
 
 Run: .venv/bin/python bench/gateway.py [--rounds 3] [--scale 1.0]
@@ -137,6 +141,21 @@ async def bench(rounds: int, scale: float, workdir: Path, only: list[str]) -> No
                 }
             )
         )
+        budgets = workdir / "budgets.yaml"
+        budgets.write_text(
+            json.dumps(
+                {
+                    "budgets": [
+                        {
+                            "id": "bench-tokens",
+                            "scope": {"tenant": "bench"},
+                            "window": {"rolling": "1h"},
+                            "limit_tokens": 10**12,
+                        }
+                    ]
+                }
+            )
+        )
         port = free_port()
         gateway_process = start_process(
             [str(BIN / "tollgate"), "gateway", "--port", str(port)],
@@ -145,6 +164,7 @@ async def bench(rounds: int, scale: float, workdir: Path, only: list[str]) -> No
                 "TOLLGATE_KAFKA_IDEMPOTENCE": "false",
                 "TOLLGATE_GATEWAY_ROUTES_FILE": str(routes),
                 "TOLLGATE_GATEWAY_SPOOL_DIR": str(workdir / "spool"),
+                "TOLLGATE_STREAM_BUDGETS_FILE": str(budgets),
             },
         )
         gateway = f"http://127.0.0.1:{port}"

@@ -1,8 +1,9 @@
 """The gateway as an aiohttp application: its endpoints and its lifecycle.
 
 Start-up opens the upstream connection pool, the usage emitter (which spools to disk
-when the broker is away) and the budget-state feed; shutdown closes them in reverse,
-flushing every usage event to the broker or the spool.
+when the broker is away), the budget feed (states, definitions, the other instances'
+claims) and the claims announcer; shutdown closes them in reverse, flushing every usage
+event to the broker or the spool.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from aiohttp import web
 from gateway.auth import Authenticator
 from gateway.budget_book import BudgetBook
 from gateway.budget_feed import BudgetFeed
+from gateway.budget_shares import ShareView
+from gateway.claims_announcer import ClaimsAnnouncer
 from gateway.draining import Drain
 from gateway.emitter import UsageEmitter
 from gateway.errors import Dialect, GatewayError, MethodNotAllowed, NotFound, error_body
@@ -26,13 +29,16 @@ from gateway.routing import Router
 from gateway.spend import SpendEstimator
 from gateway.spool import Spool
 from gateway.upstream_client import UpstreamClient
+from tollgate.budget_definitions import load_budgets
 from tollgate.contract import Operation
+from tollgate.ids import uuid7
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
 
 PROXY = web.AppKey("proxy", Proxy)
 FEED = web.AppKey("feed", BudgetFeed)
 DRAIN = web.AppKey("drain", Drain)
+ANNOUNCER = web.AppKey("announcer", ClaimsAnnouncer)
 
 EMITTER_STOP_S = 3.0
 """At stop, how long the emitter may keep shipping; what is left waits in its log."""
@@ -73,8 +79,38 @@ def create_app(parts: GatewayParts) -> web.Application:
             refused_share=settings.gateway.spool_refused_share,
         ),
     )
-    book = BudgetBook(fail_open=settings.gateway.budget_fail_open)
-    feed = BudgetFeed(settings.kafka, parts.bootstrap_servers, topics.budget_state, book)
+    gateway = settings.gateway
+    instance_id = f"gw-{uuid7()}"
+    shares = ShareView(
+        instance_id,
+        period_s=gateway.budget_share_period_s,
+        delay_s=gateway.budget_share_delay_s,
+        ttl_s=gateway.budget_share_ttl_s,
+    )
+    book = BudgetBook(
+        fail_open=gateway.budget_fail_open,
+        definitions=load_budgets(settings.stream.budgets_file)
+        if settings.stream.budgets_file
+        else (),
+        shares=shares,
+    )
+    feed = BudgetFeed(
+        settings.kafka,
+        parts.bootstrap_servers,
+        topics.budget_state,
+        book,
+        definitions_topic=topics.budget_definitions,
+        claims_topic=topics.gateway_claims,
+        shares=shares,
+    )
+    announcer = ClaimsAnnouncer(
+        settings.kafka,
+        parts.bootstrap_servers,
+        topics.gateway_claims,
+        book,
+        instance_id,
+        gateway.budget_share_period_s,
+    )
     proxy = Proxy(
         settings=settings.gateway,
         routes=parts.routes,
@@ -91,6 +127,7 @@ def create_app(parts: GatewayParts) -> web.Application:
     app[PROXY] = proxy
     app[FEED] = feed
     app[DRAIN] = drain = Drain()
+    app[ANNOUNCER] = announcer
     _watch_components(metrics, emitter, feed)
 
     for path, (operation, dialect) in _ENDPOINTS.items():
@@ -108,7 +145,9 @@ async def _lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
     proxy, feed = app[PROXY], app[FEED]
     await proxy.emitter.start()
     await feed.start()
+    await app[ANNOUNCER].start()
     yield
+    await app[ANNOUNCER].stop()
     await feed.stop()
     await proxy.emitter.stop()
     await proxy.upstream.close()
@@ -167,6 +206,8 @@ async def _readyz(request: web.Request) -> web.Response:
         "config": True,
         "broker": proxy.emitter.broker_connected,
         "budget_state": feed.caught_up,
+        # Its claims are back from the broker: it has a share of every budget.
+        "budget_shares": proxy.budgets.joined,
     }
     ready = all(checks.values())
     return web.json_response(

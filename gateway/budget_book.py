@@ -1,45 +1,70 @@
-"""What the gateway knows of blocking budgets: the stream's state, plus its own calls.
+"""What the gateway knows of blocking budgets, and whether a call may spend them.
 
-The stream publishes one ``BudgetState`` per budget and subject; ``BudgetFeed`` copies
-them into this book. ``admit`` decides, for each call, whether a blocking budget the
-call falls under is spent, and reserves the call's estimate against each such budget.
+A blocking budget binds from its *definition* (the budgets file, and the definitions
+topic): a subject the stream has published nothing for yet starts at zero spent, and
+every call under it is reserved against its limit from the first one. The stream's
+``BudgetState`` for a subject, when there is one, says what it has counted.
 
-The stream's state lags the gateway's traffic, so the book also counts locally what the
-stream cannot have seen yet: the estimates of calls in flight, and the real usage of
-calls that finished after the state's ``as_of_time``. A finished call stops counting
-once a state for its subject covers its ``end_time``, or after ``FINISHED_TTL_S`` in any
-case, so a stalled stream cannot refuse a subject for ever. This bounds the overshoot of
-a budget under concurrency without any coordination between gateway instances.
+Between the stream's count and the truth stand the calls it has not seen: those in flight
+(held at their estimate) and those finished after the state's ``as_of_time``. Alone, an
+instance counts its own (``solo``: no ``ShareView``). With others it cannot see theirs as
+they happen, so its own holdings stay within its share of the budget's free headroom,
+less what each other instance may hold (``gateway.budget_shares``); a call that fits the
+budget but not the share raises ``ShareExhausted``, which the caller answers by waiting
+for the shares to follow demand.
 
-Lookup cost: states are indexed by the dimensions their scope names (a *shape*); a call
-costs one dictionary lookup per shape, whatever the number of states. The book is used
-from one event loop and takes no locks.
+Lookup cost: the subjects a call falls under are found once per distinct set of call
+dimensions and remembered until a definition or a subject is added; a call then costs a
+few dictionary lookups per budget it falls under. Used from one event loop, no locks.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Mapping
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from urllib.parse import quote
 
+from gateway.budget_ledger import Ledger
+from gateway.budget_shares import Cut, ShareView
 from gateway.errors import BudgetExceeded
-from tollgate.contract import BudgetAction, BudgetState, Dimension
+from tollgate.budget_definitions import BudgetIndex
+from tollgate.contract import (
+    BudgetAction,
+    BudgetDefinition,
+    BudgetState,
+    Dimension,
+    GatewayClaims,
+    SubjectClaim,
+)
 
 FINISHED_TTL_S = 60.0
 """How long a finished call counts locally when no state covering it arrives."""
 IN_FLIGHT_RETRY_S = 1.0
-"""``Retry-After`` when only calls still in flight stand between a call and its budget."""
+"""``Retry-After`` when only calls in flight or not yet counted stand between a call and
+its budget, or when this instance's share is spent and the wait for more ran out."""
 FAIL_CLOSED_RETRY_S = 5.0
+DEMAND_WINDOW_S = 1.0
+"""An instance's demand on a subject: what it admitted in this last while, plus waiting."""
+SHARED_COVER_MARGIN_S = 1.0
+"""With several instances a state's ``as_of_time`` can pass a call another instance's
+event has not reached the stream for yet; a finished call stops counting only once the
+stream's state is this much past it."""
 
 _ZERO = Decimal(0)
 _ORDER = {dimension: index for index, dimension in enumerate(Dimension)}
+_DIMENSIONS = tuple(Dimension)
 
 Shape = tuple[Dimension, ...]
 """The dimensions a budget's scope names, in subject order."""
+
+
+class ShareExhausted(BudgetExceeded):
+    """The call fits its budget, but not this instance's share of it: waiting may help."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,53 +83,13 @@ class BudgetHeadroom:
 NO_BUDGET = BudgetHeadroom()
 
 
-class _Entry:
-    """One budget state and the local usage the stream has not counted in it yet."""
-
-    __slots__ = (
-        "finished",
-        "finished_tokens",
-        "finished_usd",
-        "reserved_tokens",
-        "reserved_usd",
-        "state",
-    )
-
-    def __init__(self, state: BudgetState) -> None:
-        self.state = state
-        self.reserved_tokens = 0
-        self.reserved_usd = _ZERO
-        self.finished: deque[tuple[datetime, int, Decimal]] = deque()
-        """(end_time, tokens, usd) of finished calls, in the order they finished."""
-        self.finished_tokens = 0
-        self.finished_usd = _ZERO
-
-    def record_finished(self, end_time: datetime, tokens: int, usd: Decimal) -> None:
-        if (tokens or usd) and end_time > self.state.as_of_time:
-            self.finished.append((end_time, tokens, usd))
-            self.finished_tokens += tokens
-            self.finished_usd += usd
-
-    def forget_finished_until(self, until: datetime) -> None:
-        """Stop counting finished calls that ended at or before ``until``.
-
-        Calls finish in roughly ``end_time`` order; one that finished out of order stays
-        counted until those before it go, which errs on the safe side.
-        """
-        finished = self.finished
-        while finished and finished[0][0] <= until:
-            _, tokens, usd = finished.popleft()
-            self.finished_tokens -= tokens
-            self.finished_usd -= usd
-
-
 class Reservation:
     """A call's estimate, held against every blocking budget it falls under until it ends."""
 
-    __slots__ = ("_entries", "_open", "_tokens", "_usd")
+    __slots__ = ("_ledgers", "_open", "_tokens", "_usd")
 
-    def __init__(self, entries: list[_Entry], tokens: int, usd: Decimal) -> None:
-        self._entries = entries
+    def __init__(self, ledgers: list[Ledger], tokens: int, usd: Decimal) -> None:
+        self._ledgers = ledgers
         self._tokens = tokens
         self._usd = usd
         self._open = True
@@ -112,13 +97,18 @@ class Reservation:
     @property
     def holds_budgets(self) -> bool:
         """Whether any blocking budget counts this call (else finishing it is a no-op)."""
-        return bool(self._entries)
+        return bool(self._ledgers)
+
+    @property
+    def counts_usd(self) -> bool:
+        """Whether a budget it falls under has a dollar limit (else its cost is not needed)."""
+        return any(ledger.limit_usd is not None for ledger in self._ledgers)
 
     def finish(self, tokens: int, usd: Decimal, end_time: datetime) -> None:
         """The call is done and used this much; it counts until the stream has seen it."""
         if self._release():
-            for entry in self._entries:
-                entry.record_finished(end_time, tokens, usd)
+            for ledger in self._ledgers:
+                ledger.record_finished(end_time, tokens, usd)
 
     def cancel(self) -> None:
         """The call used nothing: release its estimate."""
@@ -128,59 +118,134 @@ class Reservation:
         if not self._open:
             return False
         self._open = False
-        for entry in self._entries:
-            entry.reserved_tokens -= self._tokens
-            entry.reserved_usd -= self._usd
+        for ledger in self._ledgers:
+            ledger.release(self._tokens, self._usd)
         return True
 
 
 _NOTHING_RESERVED = Reservation([], 0, _ZERO)
 
 
-class BudgetBook:
-    """The budget states of every subject, and the gateway's own uncounted usage."""
+@dataclass(slots=True)
+class _Standing:
+    """One subject's numbers for one decision."""
 
-    def __init__(self, fail_open: bool) -> None:
+    ledger: Ledger
+    state: BudgetState | None
+    used_tokens: int
+    """Surely used: spent by the stream's account plus this instance's finished calls."""
+    used_usd: Decimal
+    held_tokens: int
+    """On top of ``used``: reserved here, and held by the other instances as announced."""
+    held_usd: Decimal
+    own_tokens: int = 0
+    """This instance's holdings: reserved plus finished and not yet counted."""
+    own_usd: Decimal = _ZERO
+    usable_tokens: int | None = None
+    """What this instance's holdings may reach; None: no limit on it beyond the budget's."""
+    usable_usd: Decimal | None = None
+
+
+class BudgetBook:
+    """The blocking budgets of every subject, and this instance's uncounted usage."""
+
+    def __init__(
+        self,
+        fail_open: bool,
+        definitions: Iterable[BudgetDefinition] = (),
+        shares: ShareView | None = None,
+    ) -> None:
         self._fail_open = fail_open
         self._caught_up = False
-        self._entries: dict[str, _Entry] = {}
-        self._shapes: dict[Shape, dict[str, dict[str, _Entry]]] = {}
-        """Blocking states only: shape → subject → budget_id → entry."""
+        self.shares = shares
+        self._cover_margin = timedelta(seconds=SHARED_COVER_MARGIN_S if shares else 0)
+        self._definitions = BudgetIndex(definitions)
+        self._ledgers: dict[str, Ledger] = {}
+        self._shapes: dict[Shape, dict[str, dict[str, Ledger]]] = {}
+        """Blocking subjects only: shape → subject → budget_id → ledger."""
+        self._matches: dict[tuple[str | None, ...], list[Ledger]] = {}
+        """Call dimensions → the blocking subjects they fall under (a cache)."""
+        self._active: set[Ledger] = set()
+        """Subjects this instance claims or wants something of: the ones it announces."""
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._ledgers)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._entries
+        return key in self._ledgers
 
     @property
     def caught_up(self) -> bool:
         return self._caught_up
 
+    @property
+    def joined(self) -> bool:
+        """Part of the other instances' cut now (always, alone)."""
+        return self.shares is None or self.shares.cut_at(time.time()) is not None
+
     def mark_caught_up(self) -> None:
-        """The feed has read the state topic to its end once: the book is complete."""
+        """The feed has read the state and definitions to their end once."""
         self._caught_up = True
 
-    def apply(self, state: BudgetState) -> None:
+    # -- what the stream and the operators say ------------------------------------------
+
+    def apply(self, state: BudgetState, published_s: float | None = None) -> None:
         """Take a newer state for its key; finished calls it covers stop counting locally."""
-        key = state.key()
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Entry(state)
-        else:
-            self._unindex(entry.state)
-            entry.state = state
-            entry.forget_finished_until(state.as_of_time)
-        if state.action is BudgetAction.BLOCK:
-            shape = _shape_of(state.scope)
-            subjects = self._shapes.setdefault(shape, {})
-            subjects.setdefault(state.subject, {})[state.budget_id] = entry
+        ledger = self._ledgers.get(state.key())
+        if ledger is None:
+            ledger = self._ledger(
+                state.key(),
+                state.budget_id,
+                state.subject,
+                dict(state.scope),
+                self._definitions.get(state.budget_id),
+            )
+        was_blocking = ledger.blocking
+        ledger.take_state(
+            state, state.as_of_time.timestamp() if published_s is None else published_s
+        )
+        if self.shares is None:
+            ledger.forget_finished_until(state.as_of_time)
+        if ledger.blocking != was_blocking:
+            self._reindex(ledger)
 
     def remove(self, key: str) -> None:
-        """Forget a key (a tombstone on the state topic)."""
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._unindex(entry.state)
+        """Forget a subject's states (a tombstone on the state topic)."""
+        ledger = self._ledgers.get(key)
+        if ledger is not None:
+            ledger.states.clear()
+            if ledger.definition is None:
+                self._drop(ledger)
+
+    def apply_definition(self, definition: BudgetDefinition) -> None:
+        """Add, change or (``deleted``) retire a budget."""
+        self._definitions.apply_definition(definition)
+        current = self._definitions.get(definition.budget_id)
+        for ledger in [x for x in self._ledgers.values() if x.budget_id == definition.budget_id]:
+            ledger.definition = current
+            ledger.share_cache = ledger.reset_cache = None
+            if current is None and not ledger.states:
+                self._drop(ledger)
+            else:
+                self._reindex(ledger)
+        self._matches.clear()
+
+    def remove_definition(self, budget_id: str) -> None:
+        """Forget a budget (a tombstone on the definitions topic)."""
+        definition = self._definitions.get(budget_id)
+        if definition is not None:
+            self.apply_definition(
+                BudgetDefinition(
+                    budget_id=budget_id,
+                    scope=definition.scope,
+                    window=definition.window,
+                    limit_tokens=definition.limit_tokens,
+                    limit_usd=definition.limit_usd,
+                    deleted=True,
+                )
+            )
+
+    # -- admission ----------------------------------------------------------------------
 
     def admit(
         self,
@@ -191,9 +256,10 @@ class BudgetBook:
     ) -> tuple[Reservation, BudgetHeadroom]:
         """Reserve a call's estimate, or raise ``BudgetExceeded`` naming the budget.
 
-        A call is refused when a blocking budget it falls under is spent by the stream's
-        account, or would be by the stream's account plus the local usage plus this
-        call's estimate. When several budgets refuse, the one that frees up last is named.
+        Refused for good (until the window frees up) when the budget is spent or this
+        call alone would pass it; refused for a second when calls in flight or not yet
+        counted stand in the way; ``ShareExhausted`` when it fits the budget but not this
+        instance's share of it.
         """
         if not self._caught_up and not self._fail_open:
             raise BudgetExceeded(
@@ -201,27 +267,221 @@ class BudgetBook:
                 retry_after_s=FAIL_CLOSED_RETRY_S,
                 budget_id="unknown",
             )
-        if not self._shapes:
+        ledgers = self._applicable(dimensions)
+        if not ledgers:
             return _NOTHING_RESERVED, NO_BUDGET
-        entries = list(self._applicable(dimensions))
-        if not entries:
-            return _NOTHING_RESERVED, NO_BUDGET
+        cut, recent = None, []
+        if self.shares is not None:
+            now_s = now.timestamp()
+            cut = self.shares.cut_at(now_s)
+            recent = self.shares.recent(now_s)
         refusal: BudgetExceeded | None = None
-        for entry in entries:
-            entry.forget_finished_until(now - timedelta(seconds=FINISHED_TTL_S))
-            verdict = _verdict(entry, est_tokens, est_usd, now)
-            if verdict is not None and (
-                refusal is None or verdict.retry_after_s > refusal.retry_after_s
-            ):
+        standings = []
+        for ledger in ledgers:
+            standing = self._standing(ledger, cut, recent, now)
+            standings.append(standing)
+            verdict = _verdict(standing, est_tokens, est_usd, now)
+            if verdict is not None and _graver(verdict, refusal):
                 refusal = verdict
+        if (
+            refusal is None
+            and self.shares is not None
+            and cut is None
+            and not (self._fail_open and self.shares.ever_joined)
+        ):
+            refusal = ShareExhausted(
+                "this gateway instance has not joined the others yet (its claims are not "
+                "back from the broker); retry in a moment",
+                retry_after_s=IN_FLIGHT_RETRY_S,
+                budget_id=ledgers[0].budget_id,
+            )
         if refusal is not None:
             raise refusal
-        for entry in entries:
-            entry.reserved_tokens += est_tokens
-            entry.reserved_usd += est_usd
-        return Reservation(entries, est_tokens, est_usd), _tightest(entries, now)
+        for ledger in ledgers:
+            ledger.reserve(est_tokens, est_usd)
+            self._active.add(ledger)
+        return Reservation(ledgers, est_tokens, est_usd), _tightest(
+            standings, est_tokens, est_usd, now
+        )
 
-    def _applicable(self, dimensions: Mapping[Dimension, str | None]) -> Iterable[_Entry]:
+    async def admit_waiting(
+        self,
+        dimensions: Mapping[Dimension, str | None],
+        est_tokens: int,
+        est_usd: Decimal,
+        wait_s: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> tuple[Reservation, BudgetHeadroom]:
+        """``admit``, waiting up to ``wait_s`` while only this instance's share is short.
+
+        The wait is announced as demand, so the shares move toward this instance; the
+        refusal that ends an unsuccessful wait carries a one-second ``Retry-After``.
+        """
+        try:
+            return self.admit(dimensions, est_tokens, est_usd, clock())
+        except ShareExhausted:
+            if wait_s <= 0 or self.shares is None:
+                raise
+        ledgers = self._applicable(dimensions)
+        for ledger in ledgers:
+            ledger.waiting_tokens += est_tokens
+            ledger.waiting_usd += est_usd
+            self._active.add(ledger)
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                await asyncio.sleep(self.shares.period_s)
+                try:
+                    return self.admit(dimensions, est_tokens, est_usd, clock())
+                except ShareExhausted:
+                    if time.monotonic() >= deadline:
+                        raise
+        finally:
+            for ledger in ledgers:
+                ledger.waiting_tokens -= est_tokens
+                ledger.waiting_usd -= est_usd
+
+    # -- announcing ---------------------------------------------------------------------
+
+    def announcement(self, instance_id: str, now: datetime) -> GatewayClaims:
+        """This instance's claims as of ``now``; marks what it had admitted by then."""
+        now_s = now.timestamp()
+        shares = self.shares
+        cut_s = None
+        keep_after_s = now_s - DEMAND_WINDOW_S
+        if shares is not None:
+            cut_s = (now_s - shares.delay_s) // shares.period_s * shares.period_s
+        claims = []
+        for ledger in list(self._active):
+            self._forget_covered(ledger, ledger.state_at(cut_s), now)
+            before_tokens, before_usd = ledger.admitted_at(now_s - DEMAND_WINDOW_S)
+            demand_tokens = ledger.admitted_tokens - before_tokens + ledger.waiting_tokens
+            demand_usd = ledger.admitted_usd - before_usd + ledger.waiting_usd
+            if ledger.touched:
+                ledger.mark(now_s, keep_after_s)
+            if ledger.claimed_tokens or ledger.claimed_usd or demand_tokens or demand_usd:
+                claims.append(
+                    SubjectClaim(
+                        key=ledger.key,
+                        claimed_tokens=max(ledger.claimed_tokens, 0),
+                        claimed_usd=max(ledger.claimed_usd, _ZERO),
+                        demand_tokens=max(demand_tokens, 0),
+                        demand_usd=max(demand_usd, _ZERO),
+                    )
+                )
+            elif not ledger.waiting_tokens and not ledger.waiting_usd:
+                self._active.discard(ledger)
+        return GatewayClaims(instance_id=instance_id, sent_at=now, claims=claims)
+
+    # -- inside -------------------------------------------------------------------------
+
+    def _standing(
+        self, ledger: Ledger, cut: Cut | None, recent: list[Cut], now: datetime
+    ) -> _Standing:
+        state = ledger.state_at(None if cut is None else cut.cut_s)
+        self._forget_covered(ledger, state, now)
+        spent_tokens, spent_usd = _stream_spend(state, now)
+        used_tokens = spent_tokens + ledger.finished_tokens
+        used_usd = spent_usd + ledger.finished_usd
+        standing = _Standing(
+            ledger,
+            state,
+            used_tokens,
+            used_usd,
+            ledger.reserved_tokens,
+            ledger.reserved_usd,
+            ledger.claimed_tokens,
+            ledger.claimed_usd,
+        )
+        limit_tokens, limit_usd = ledger.limit_tokens, ledger.limit_usd
+        if self.shares is None:
+            return standing
+        if cut is None:
+            # Cut off from the others after having been with them: an even share.
+            share = 1.0 / self.shares.members_seen
+            if limit_tokens is not None:
+                standing.usable_tokens = int(share * (limit_tokens - spent_tokens))
+            if limit_usd is not None:
+                standing.usable_usd = Decimal(share) * (limit_usd - spent_usd)
+            return standing
+        cached = ledger.share_cache
+        if cached is not None and cached[0] is cut and cached[1] is state:
+            _, _, others_tokens, others_usd, usable_tokens, usable_usd = cached
+            standing.held_tokens += others_tokens
+            standing.held_usd += others_usd
+            standing.usable_tokens, standing.usable_usd = usable_tokens, usable_usd
+            return standing
+        others_tokens, others_usd = cut.held_by_others(ledger.key)
+        standing.held_tokens += others_tokens
+        standing.held_usd += others_usd
+        key, own = ledger.key, cut.own_id
+        share = cut.shares(key).get(own, 0.0)
+        # What each other instance may hold now: as announced, or its share of a recent cut.
+        potential: dict[str, tuple[int, Decimal]] = {}
+        for member in cut.members:
+            if member != own:
+                potential[member] = cut.held(key, member)
+        for past in recent:
+            past_state = ledger.state_at(past.cut_s)
+            past_tokens, past_usd = _stream_spend(past_state, now)
+            for member, past_share in past.shares(key).items():
+                if member == own:
+                    continue
+                held_tokens, held_usd = potential.get(member, (0, _ZERO))
+                if limit_tokens is not None:
+                    held_tokens = max(held_tokens, int(past_share * (limit_tokens - past_tokens)))
+                if limit_usd is not None:
+                    held_usd = max(held_usd, Decimal(past_share) * (limit_usd - past_usd))
+                potential[member] = (held_tokens, held_usd)
+        if limit_tokens is not None:
+            free = limit_tokens - spent_tokens
+            others = sum(tokens for tokens, _ in potential.values())
+            standing.usable_tokens = min(int(share * free), free - others)
+        if limit_usd is not None:
+            free_usd = limit_usd - spent_usd
+            others_usd = sum((usd for _, usd in potential.values()), _ZERO)
+            standing.usable_usd = min(Decimal(share) * free_usd, free_usd - others_usd)
+        # Everything above is a function of the cut and the state: the same until either
+        # changes (every period), whatever the number of calls in between.
+        ledger.share_cache = (
+            cut,
+            state,
+            others_tokens,
+            others_usd,
+            standing.usable_tokens,
+            standing.usable_usd,
+        )
+        return standing
+
+    def _forget_covered(self, ledger: Ledger, state: BudgetState | None, now: datetime) -> None:
+        ledger.forget_finished_until(now - timedelta(seconds=FINISHED_TTL_S))
+        if state is not None:
+            ledger.forget_finished_until(state.as_of_time - self._cover_margin)
+
+    def _applicable(self, dimensions: Mapping[Dimension, str | None]) -> list[Ledger]:
+        values = tuple(map(dimensions.get, _DIMENSIONS))
+        found = self._matches.get(values)
+        if found is not None:
+            return found
+        if len(self._definitions):
+            for match in self._definitions.subjects(dimensions):
+                if match.definition.action is BudgetAction.BLOCK and (
+                    match.state_key not in self._ledgers
+                ):
+                    self._ledger(
+                        match.state_key,
+                        match.definition.budget_id,
+                        match.subject,
+                        match.scope,
+                        match.definition,
+                    )
+        found = list(self._by_shape(dimensions))
+        if len(self._matches) > 65_536:
+            self._matches.clear()
+        self._matches[values] = found
+        return found
+
+    def _by_shape(self, dimensions: Mapping[Dimension, str | None]) -> Iterable[Ledger]:
         for shape, subjects in self._shapes.items():
             parts = []
             for dimension in shape:
@@ -234,21 +494,48 @@ class BudgetBook:
                 if budgets:
                     yield from budgets.values()
 
-    def _unindex(self, state: BudgetState) -> None:
-        if state.action is not BudgetAction.BLOCK:
-            return
-        shape = _shape_of(state.scope)
+    def _ledger(
+        self,
+        key: str,
+        budget_id: str,
+        subject: str,
+        scope: dict[Dimension, str],
+        definition: BudgetDefinition | None,
+    ) -> Ledger:
+        ledger = self._ledgers[key] = Ledger(
+            key, budget_id, subject, scope, definition, shared=self.shares is not None
+        )
+        self._reindex(ledger)
+        return ledger
+
+    def _reindex(self, ledger: Ledger) -> None:
+        self._unindex(ledger)
+        if ledger.blocking:
+            shape = _shape_of(ledger.scope)
+            subjects = self._shapes.setdefault(shape, {})
+            subjects.setdefault(ledger.subject, {})[ledger.budget_id] = ledger
+        self._matches.clear()
+
+    def _drop(self, ledger: Ledger) -> None:
+        self._unindex(ledger)
+        self._ledgers.pop(ledger.key, None)
+        self._active.discard(ledger)
+        self._matches.clear()
+
+    def _unindex(self, ledger: Ledger) -> None:
+        shape = _shape_of(ledger.scope)
         subjects = self._shapes.get(shape)
         if subjects is None:
             return
-        budgets = subjects.get(state.subject)
-        if budgets is None:
+        budgets = subjects.get(ledger.subject)
+        if budgets is None or budgets.get(ledger.budget_id) is not ledger:
             return
-        budgets.pop(state.budget_id, None)
+        del budgets[ledger.budget_id]
         if not budgets:
-            del subjects[state.subject]
+            del subjects[ledger.subject]
             if not subjects:
                 del self._shapes[shape]
+        self._matches.clear()
 
 
 def _shape_of(scope: Mapping[Dimension, str]) -> Shape:
@@ -261,86 +548,100 @@ def _subject_part(dimension: Dimension, value: str) -> str:
     return f"{dimension.value}={quote(value, safe='')}"
 
 
-def _stream_spend(state: BudgetState, now: datetime) -> tuple[int, Decimal]:
+def _graver(verdict: BudgetExceeded, than: BudgetExceeded | None) -> bool:
+    """A refusal for good beats a wait; between two of a kind, the later reset wins."""
+    if than is None:
+        return True
+    waits, waited = isinstance(verdict, ShareExhausted), isinstance(than, ShareExhausted)
+    if waits != waited:
+        return waited
+    return verdict.retry_after_s > than.retry_after_s
+
+
+def _stream_spend(state: BudgetState | None, now: datetime) -> tuple[int, Decimal]:
     """The spend of the state's current window still standing at ``now``.
 
     Nothing once the window has ended, or once ``reset_at`` has passed: the stream then
     expects the spend under the limit, and waiting for a new state could wait for ever
     on a subject that is refused and so produces no usage.
     """
+    if state is None:
+        return 0, _ZERO
     if now >= state.window_end or (state.reset_at is not None and now >= state.reset_at):
         return 0, _ZERO
     return state.spent_tokens, state.spent_usd
 
 
 def _verdict(
-    entry: _Entry, est_tokens: int, est_usd: Decimal, now: datetime
+    standing: _Standing, est_tokens: int, est_usd: Decimal, now: datetime
 ) -> BudgetExceeded | None:
-    state = entry.state
-    if now < state.window_end and state.is_blocking(now):
-        return _refusal(state, state.spent_tokens, state.spent_usd, None, now)
-    spent_tokens, spent_usd = _stream_spend(state, now)
-    counted_tokens = spent_tokens + entry.finished_tokens
-    counted_usd = spent_usd + entry.finished_usd
-    if _over(state, counted_tokens, counted_usd, est_tokens, est_usd):
-        return _refusal(state, counted_tokens, counted_usd, (est_tokens, est_usd), now)
-    if _over(
-        state,
-        counted_tokens + entry.reserved_tokens,
-        counted_usd + entry.reserved_usd,
-        est_tokens,
-        est_usd,
-    ):
-        left = _left(
-            state, counted_tokens + entry.reserved_tokens, counted_usd + entry.reserved_usd
-        )
+    ledger, state = standing.ledger, standing.state
+    if state is not None and now < state.window_end and state.is_blocking(now):
+        return _refusal(ledger, state, state.spent_tokens, state.spent_usd, None, now)
+    used_tokens, used_usd = standing.used_tokens, standing.used_usd
+    if _over(ledger, used_tokens, used_usd, est_tokens, est_usd):
+        return _refusal(ledger, state, used_tokens, used_usd, (est_tokens, est_usd), now)
+    with_held_tokens = used_tokens + standing.held_tokens
+    with_held_usd = used_usd + standing.held_usd
+    if _over(ledger, with_held_tokens, with_held_usd, est_tokens, est_usd):
+        left = _left(ledger, with_held_tokens, with_held_usd)
         return BudgetExceeded(
-            f"budget {state.budget_id!r} for {state.subject} has {left} left with calls "
+            f"budget {ledger.budget_id!r} for {ledger.subject} has {left} left with calls "
             f"in flight, not enough for this call; retry when they finish",
             retry_after_s=IN_FLIGHT_RETRY_S,
-            budget_id=state.budget_id,
+            budget_id=ledger.budget_id,
         )
+    if standing.usable_tokens is not None and (
+        standing.own_tokens + est_tokens > standing.usable_tokens
+    ):
+        return _share_refusal(ledger)
+    if standing.usable_usd is not None and (standing.own_usd + est_usd > standing.usable_usd):
+        return _share_refusal(ledger)
     return None
 
 
-def _over(state: BudgetState, tokens: int, usd: Decimal, est_tokens: int, est_usd: Decimal) -> bool:
+def _share_refusal(ledger: Ledger) -> ShareExhausted:
+    return ShareExhausted(
+        f"budget {ledger.budget_id!r} for {ledger.subject} is being spent through other "
+        f"gateway instances too, and this one's share of what is left is in use; retry "
+        f"in a moment",
+        retry_after_s=IN_FLIGHT_RETRY_S,
+        budget_id=ledger.budget_id,
+    )
+
+
+def _over(ledger: Ledger, tokens: int, usd: Decimal, est_tokens: int, est_usd: Decimal) -> bool:
     """Spent already (at the limit counts as spent), or this call would go past the limit."""
-    limit_tokens, limit_usd = state.limit_tokens, state.limit_usd
+    limit_tokens, limit_usd = ledger.limit_tokens, ledger.limit_usd
     if limit_tokens is not None and (tokens >= limit_tokens or tokens + est_tokens > limit_tokens):
         return True
     return limit_usd is not None and (usd >= limit_usd or usd + est_usd > limit_usd)
 
 
 def _refusal(
-    state: BudgetState,
+    ledger: Ledger,
+    state: BudgetState | None,
     tokens: int,
     usd: Decimal,
     estimate: tuple[int, Decimal] | None,
     now: datetime,
 ) -> BudgetExceeded:
-    reset = _reset_time(state, now)
-    if estimate is None or _over(state, tokens, usd, 0, _ZERO):
-        standing = f"is spent ({_spend(state, tokens, usd)})"
+    reset = ledger.reset_time(state, now)
+    if estimate is None or _over(ledger, tokens, usd, 0, _ZERO):
+        standing = f"is spent ({_spend(ledger, tokens, usd)})"
     else:
-        standing = f"has {_left(state, tokens, usd)} left, not enough for this call"
+        standing = f"has {_left(ledger, tokens, usd)} left, not enough for this call"
     return BudgetExceeded(
-        f"budget {state.budget_id!r} for {state.subject} {standing}; "
+        f"budget {ledger.budget_id!r} for {ledger.subject} {standing}; "
         f"it resets at {reset.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
         retry_after_s=max(1.0, (reset - now).total_seconds()),
-        budget_id=state.budget_id,
+        budget_id=ledger.budget_id,
     )
 
 
-def _reset_time(state: BudgetState, now: datetime) -> datetime:
-    """When the budget frees up: ``reset_at`` while ahead, else the end of the window."""
-    if state.reset_at is not None and state.reset_at > now:
-        return state.reset_at
-    return state.window_end
-
-
-def _spend(state: BudgetState, tokens: int, usd: Decimal) -> str:
+def _spend(ledger: Ledger, tokens: int, usd: Decimal) -> str:
     """``1,000,000 of 1,000,000 tokens``, naming the limit that is reached."""
-    limit_tokens, limit_usd = state.limit_tokens, state.limit_usd
+    limit_tokens, limit_usd = ledger.limit_tokens, ledger.limit_usd
     if limit_tokens is not None and (tokens >= limit_tokens or limit_usd is None):
         return f"{tokens:,} of {limit_tokens:,} tokens"
     if limit_usd is not None:
@@ -348,12 +649,12 @@ def _spend(state: BudgetState, tokens: int, usd: Decimal) -> str:
     return f"{tokens:,} tokens"
 
 
-def _left(state: BudgetState, tokens: int, usd: Decimal) -> str:
+def _left(ledger: Ledger, tokens: int, usd: Decimal) -> str:
     parts = []
-    if state.limit_tokens is not None:
-        parts.append(f"{max(state.limit_tokens - tokens, 0):,} of {state.limit_tokens:,} tokens")
-    if state.limit_usd is not None:
-        parts.append(f"{_usd(max(state.limit_usd - usd, _ZERO))} of {_usd(state.limit_usd)}")
+    if ledger.limit_tokens is not None:
+        parts.append(f"{max(ledger.limit_tokens - tokens, 0):,} of {ledger.limit_tokens:,} tokens")
+    if ledger.limit_usd is not None:
+        parts.append(f"{_usd(max(ledger.limit_usd - usd, _ZERO))} of {_usd(ledger.limit_usd)}")
     return " and ".join(parts)
 
 
@@ -362,32 +663,31 @@ def _usd(amount: Decimal) -> str:
     return f"${cents:,}" if cents == amount else f"${amount.normalize():,f}"
 
 
-def _tightest(entries: list[_Entry], now: datetime) -> BudgetHeadroom:
-    """The headroom of the budget with the smallest fraction left, local usage included."""
+def _tightest(
+    standings: list[_Standing], est_tokens: int, est_usd: Decimal, now: datetime
+) -> BudgetHeadroom:
+    """The headroom of the budget with the smallest fraction left, this call included."""
     best: BudgetHeadroom = NO_BUDGET
     best_fraction = 2.0
-    for entry in entries:
-        state = entry.state
-        spent_tokens, spent_usd = _stream_spend(state, now)
-        used_tokens = spent_tokens + entry.finished_tokens + entry.reserved_tokens
-        used_usd = spent_usd + entry.finished_usd + entry.reserved_usd
+    for standing in standings:
+        ledger = standing.ledger
+        used_tokens = standing.used_tokens + standing.held_tokens + est_tokens
+        used_usd = standing.used_usd + standing.held_usd + est_usd
         fraction = 1.0
         remaining_tokens = remaining_usd = None
-        if state.limit_tokens is not None:
-            remaining_tokens = max(state.limit_tokens - used_tokens, 0)
-            if state.limit_tokens:
-                fraction = min(fraction, remaining_tokens / state.limit_tokens)
-            else:
-                fraction = 0.0
-        if state.limit_usd is not None:
-            remaining_usd = max(state.limit_usd - used_usd, _ZERO)
-            if state.limit_usd:
-                fraction = min(fraction, float(remaining_usd / state.limit_usd))
-            else:
-                fraction = 0.0
+        limit_tokens, limit_usd = ledger.limit_tokens, ledger.limit_usd
+        if limit_tokens is not None:
+            remaining_tokens = max(limit_tokens - used_tokens, 0)
+            fraction = min(fraction, remaining_tokens / limit_tokens) if limit_tokens else 0.0
+        if limit_usd is not None:
+            remaining_usd = max(limit_usd - used_usd, _ZERO)
+            fraction = min(fraction, float(remaining_usd / limit_usd)) if limit_usd else 0.0
         if fraction < best_fraction:
             best_fraction = fraction
             best = BudgetHeadroom(
-                remaining_tokens, remaining_usd, _reset_time(state, now), state.budget_id
+                remaining_tokens,
+                remaining_usd,
+                ledger.reset_time(standing.state, now),
+                ledger.budget_id,
             )
     return best

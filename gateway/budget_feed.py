@@ -1,16 +1,19 @@
-"""Budget states from the stream into the gateway's ``BudgetBook``, continuously.
+"""Budget states, definitions and the other instances' claims into the gateway, continuously.
 
-Every gateway instance reads the whole compacted state topic: no consumer group (each
-instance needs every partition, and a group join would cost seconds at start-up), all
-partitions assigned by hand, from the beginning. A record is a state keyed by
-``state.key()``; a tombstone (no value) forgets its key.
+Every gateway instance reads the whole compacted state and definitions topics: no
+consumer group (each instance needs every partition, and a group join would cost seconds
+at start-up), all partitions assigned by hand, from the beginning. A state is keyed by
+``state.key()``, a definition by its ``budget_id``; a tombstone (no value) forgets its key.
+The claims topic is read from its end: only announcements made from now on matter
+(``gateway.budget_shares``).
 
 What is guaranteed:
 
 - ``start`` returns at once, whether the broker is up or not; a background task connects,
   retrying with backoff, and reads for as long as the feed runs.
-- ``caught_up`` turns true, and the book is told so, once every partition has been read
-  up to the end offset it had when reading began. It never turns false again.
+- ``caught_up`` turns true, and the book is told so, once every state and definitions
+  partition has been read up to the end offset it had when reading began. It never turns
+  false again.
 - A record that does not decode, or whose key is not its state's key, is logged, counted
   in ``stats.records_invalid`` and skipped; the feed goes on.
 """
@@ -21,12 +24,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from gateway.budget_book import BudgetBook
-from tollgate.contract import BudgetState, decode
+from gateway.budget_shares import ShareView
+from tollgate.contract import BudgetDefinition, BudgetState, GatewayClaims, decode
 from tollgate.kafka import client_options
 from tollgate.settings import KafkaSettings
 
@@ -38,7 +43,9 @@ class FeedStats:
     """Live counters for metrics: the feed updates this one object in place."""
 
     records_applied: int = 0
-    """States taken into the book."""
+    """States and definitions taken into the book."""
+    claims_taken: int = 0
+    """Announcements of gateway instances read."""
     tombstones_applied: int = 0
     """Keys forgotten."""
     records_invalid: int = 0
@@ -61,6 +68,9 @@ class BudgetFeed:
         topic: str,
         book: BudgetBook,
         *,
+        definitions_topic: str | None = None,
+        claims_topic: str | None = None,
+        shares: ShareView | None = None,
         request_timeout_s: float = 5.0,
         poll_timeout_s: float = 0.2,
         fetch_wait_s: float = 0.1,
@@ -71,6 +81,9 @@ class BudgetFeed:
         self._bootstrap_servers = bootstrap_servers
         self._topic = topic
         self._book = book
+        self._definitions_topic = definitions_topic
+        self._claims_topic = claims_topic if shares is not None else None
+        self._shares = shares
         self._request_timeout_s = request_timeout_s
         self._poll_timeout_ms = int(poll_timeout_s * 1000)
         self._fetch_wait_ms = int(fetch_wait_s * 1000)
@@ -143,18 +156,27 @@ class BudgetFeed:
         )
 
     async def _open(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
-        """Connect, assign every partition from the beginning; return their end offsets."""
+        """Connect and assign every partition: states and definitions from the beginning,
+        claims from the end. Returns the end offsets to catch up with."""
         async with asyncio.timeout(2 * self._request_timeout_s):
             await consumer.start()
-            if self._topic not in await consumer.topics():
-                raise TopicNotReady(f"topic {self._topic} does not exist")
-            partitions = consumer.partitions_for_topic(self._topic)
-            if not partitions:
-                raise TopicNotReady(f"topic {self._topic} has no partitions")
-            assigned = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-            consumer.assign(assigned)
-            await consumer.seek_to_beginning(*assigned)
-            return await consumer.end_offsets(assigned)
+            existing = await consumer.topics()
+            from_start = [self._topic]
+            if self._definitions_topic is not None:
+                from_start.append(self._definitions_topic)
+            from_end = [self._claims_topic] if self._claims_topic is not None else []
+            assigned: dict[str, list[TopicPartition]] = {}
+            for topic in [*from_start, *from_end]:
+                partitions = consumer.partitions_for_topic(topic) if topic in existing else None
+                if not partitions:
+                    raise TopicNotReady(f"topic {topic} does not exist")
+                assigned[topic] = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign([tp for tps in assigned.values() for tp in tps])
+            beginning = [tp for topic in from_start for tp in assigned[topic]]
+            await consumer.seek_to_beginning(*beginning)
+            for topic in from_end:
+                await consumer.seek_to_end(*assigned[topic])
+            return await consumer.end_offsets(beginning)
 
     async def _read(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> None:
         while True:
@@ -177,6 +199,23 @@ class BudgetFeed:
     def _take(self, record: ConsumerRecord[bytes, bytes]) -> None:
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         try:
+            if record.topic == self._claims_topic:
+                if record.value is not None and self._shares is not None:
+                    self._shares.take(decode(record.value, GatewayClaims), time.monotonic())
+                    self.stats.claims_taken += 1
+                return
+            if key is None:
+                raise ValueError("the record has no key")
+            if record.topic == self._definitions_topic:
+                if record.value is None:
+                    self._book.remove_definition(key)
+                else:
+                    definition = decode(record.value, BudgetDefinition)
+                    if definition.budget_id != key:
+                        raise ValueError("the record's key is not its definition's budget_id")
+                    self._book.apply_definition(definition)
+                self.stats.records_applied += 1
+                return
             if key is None:
                 raise ValueError("the record has no key")
             if record.value is None:
@@ -186,7 +225,8 @@ class BudgetFeed:
             state = decode(record.value, BudgetState)
             if state.key() != key:
                 raise ValueError(f"the record's key is not its state's key {state.key()!r}")
-            self._book.apply(state)
+            # The stream's producer stamps the record: every instance sees the same time.
+            self._book.apply(state, record.timestamp / 1000)
             self.stats.records_applied += 1
         except Exception as error:
             self.stats.records_invalid += 1

@@ -72,6 +72,13 @@ log = logging.getLogger("tollgate.gateway")
 _RETRYABLE = frozenset({429, 500, 502, 503, 504, 529})
 _GATEWAY_CREDENTIALS_REFUSED = frozenset({401, 403})
 _STREAM_USAGE_OPTION = frozenset({Operation.CHAT, Operation.COMPLETIONS})
+_OUTPUT_CAP_FIELD = {
+    Operation.CHAT: "max_completion_tokens",
+    Operation.COMPLETIONS: "max_tokens",
+    Operation.RESPONSES: "max_output_tokens",
+    Operation.MESSAGES: "max_tokens",
+}
+"""Where an operation's output cap goes when the gateway sets the default one."""
 MAX_MODEL_NAME = 256
 """The contract's limit on names."""
 
@@ -115,6 +122,7 @@ class Proxy:
 
     async def _answer(self, request: web.Request, call: Call) -> web.StreamResponse:
         dialect = call.dialect
+        payload: dict[str, Any] = {}
         limits = LimitHeaders(request_id=str(call.event_id))
         try:
             call.principal = await self.authenticator.authenticate(request.headers)
@@ -136,8 +144,12 @@ class Proxy:
                 )
             dimensions = call.principal.dimensions(model, backends[0].provider_name)
             # The body's size over-counts its text and the output cap bounds the answer, so
-            # the reservation errs on the safe side; real usage replaces it at the end.
-            input_estimate, output_cap = estimate_tokens(len(raw)), _output_cap(payload)
+            # the reservation errs on the safe side; real usage replaces it at the end. A
+            # call without a cap is reserved the default one.
+            output_cap = uncapped = _output_cap(payload)
+            if not output_cap and call.operation in _OUTPUT_CAP_FIELD:
+                output_cap = self.settings.default_max_output_tokens
+            input_estimate = estimate_tokens(len(raw))
             now = datetime.now(UTC)
             usd_estimate = (
                 self.spend.reserve_usd(
@@ -146,14 +158,23 @@ class Proxy:
                 if self.spend is not None
                 else Decimal(0)
             )
-            call.reservation, limits.budget = self.budgets.admit(
-                dimensions, input_estimate + output_cap, usd_estimate, now
+            call.reservation, limits.budget = await self.budgets.admit_waiting(
+                dimensions, input_estimate + output_cap, usd_estimate, self.settings.budget_wait_s
             )
+            if call.reservation.holds_budgets and not uncapped and output_cap:
+                # Under a budget, the upstream call gets that cap too: it cannot use more
+                # than it reserved.
+                payload = {**payload, _OUTPUT_CAP_FIELD[call.operation]: output_cap}
+                raw = _json_encode(payload)
             return await self._forward(request, call, payload, raw, backends, limits)
         except GatewayError as error:
             return self._refuse(call, error, limits)
         except asyncio.CancelledError:
+            # The client went away (the server cancels the handler): the upstream call is
+            # closed with it; what it used is estimated when the provider never said.
             call.status = Status.CLIENT_CLOSED
+            if call.usage is None and call.backend is not None:
+                call.usage = estimated_usage(payload, 0)
             raise
         except Exception:
             # A bug of ours: still the provider's error format, and still one event.
@@ -195,7 +216,7 @@ class Proxy:
                 if event.total_tokens or call.status is Status.OK:
                     usd = (
                         self.spend.cost_usd(event)
-                        if self.spend is not None and reservation.holds_budgets
+                        if self.spend is not None and reservation.counts_usd
                         else Decimal(0)
                     )
                     reservation.finish(event.total_tokens, usd, event.end_time)

@@ -37,7 +37,8 @@ def resolve_parts(
 async def serve(parts: GatewayParts, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGINT or SIGTERM; then drain, flush usage events and stop."""
     app = create_app(parts)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    # handler_cancellation: a client that goes away cancels its call, and so the upstream one.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1, handler_cancellation=True)
     await runner.setup()
     gateway = parts.settings.gateway
     site = web.TCPSite(runner, gateway.host, gateway.port, backlog=1024, reuse_address=True)

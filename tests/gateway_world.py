@@ -170,7 +170,7 @@ def start_gateway(
         gateway=GatewaySettings(spool_dir=spool_dir, **gateway),
     )
     parts = GatewayParts(settings, routes, {}, broker)
-    server = AppServer(lambda: create_app(parts)).start()
+    server = AppServer(lambda: create_app(parts), handler_cancellation=True).start()
     world = GatewayWorld(kafka, broker, topics, server)
     if read:
         world.start_reading()

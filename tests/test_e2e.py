@@ -221,7 +221,7 @@ def _chat(pipeline: Pipeline, key: str, url: str | None = None) -> tuple[int, in
     client = _openai(url or pipeline.gateway_url, key)
     try:
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+            model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}], max_tokens=50
         )
     except openai.APIStatusError as error:
         request_id = error.response.headers.get("x-tollgate-request-id")
@@ -299,7 +299,7 @@ def test_a_budget_in_config_is_enforced_by_two_gateway_instances(pipeline: Pipel
         client = _openai(second_url, ACME_KEY)
         with pytest.raises(openai.RateLimitError) as refused:
             client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+                model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}], max_tokens=50
             )
         pipeline.sent_ids.add(refused.value.response.headers["x-tollgate-request-id"])
         assert "acme-tokens" in str(refused.value)

@@ -22,7 +22,7 @@ def client(gateway: GatewayWorld, key: str) -> openai.OpenAI:
 
 def call(gateway: GatewayWorld, key: str = ACME_KEY):  # type: ignore[no-untyped-def]
     return client(gateway, key).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=MESSAGES
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=16
     )
 
 

@@ -53,10 +53,11 @@ def test_a_client_that_hangs_up_mid_stream_is_metered_for_what_it_received(
 
 def test_healthz_and_readyz(gateway: GatewayWorld) -> None:
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
-    # Ready once the emitter has a producer and the budget state has been read once.
+    # Ready once the emitter has a producer, the budget state has been read once and the
+    # instance's claims are back from the broker (it has its share of the budgets).
     assert wait_until(lambda: httpx.get(f"{gateway.url}/readyz").status_code == 200)
     checks = httpx.get(f"{gateway.url}/readyz").json()["checks"]
-    assert checks == {"config": True, "broker": True, "budget_state": True}
+    assert checks == {"config": True, "broker": True, "budget_state": True, "budget_shares": True}
 
 
 def test_readyz_says_not_ready_while_the_broker_is_unreachable(

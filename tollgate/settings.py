@@ -105,6 +105,20 @@ class GatewaySettings(Section):
     max_body_bytes: Annotated[int, Field(gt=0)] = 4 << 20
     budget_fail_open: bool = True
     """Before the budget state has been read once: allow calls (open) or refuse (closed)."""
+    default_max_output_tokens: Annotated[int, Field(gt=0)] = 4096
+    """A call that sets no output cap is reserved this many output tokens against its
+    budgets, and the upstream call is capped at it, so a call never uses more than it
+    reserved. A call that needs more says so with its own ``max_tokens``."""
+    budget_share_period_s: Annotated[float, Field(gt=0, le=5)] = 0.1
+    """How often each instance announces its claims on the budgets to the others."""
+    budget_share_delay_s: Annotated[float, Field(gt=0, le=30)] = 0.4
+    """How old an announcement must be before every instance counts it: an upper bound on
+    the time a claim takes to reach every instance through the broker."""
+    budget_share_ttl_s: Annotated[float, Field(gt=0)] = 10.0
+    """An instance silent this long is gone: its claims and its share are freed."""
+    budget_wait_s: Annotated[float, Field(ge=0, le=30)] = 2.0
+    """How long a call that fits its budget but not this instance's share of it waits for
+    the shares to follow demand, before a 429 with a short ``Retry-After``."""
     circuit_failures: Annotated[int, Field(gt=0)] = 3
     """Consecutive failures that take a backend out of service."""
     circuit_cooldown_s: Annotated[float, Field(gt=0)] = 30.0

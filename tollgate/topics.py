@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tollgate.contract import Alert, BudgetDefinition, BudgetState, PricedEvent, Record, UsageEvent
+from tollgate.contract import (
+    Alert,
+    BudgetDefinition,
+    BudgetState,
+    GatewayClaims,
+    PricedEvent,
+    Record,
+    UsageEvent,
+)
 
 COMPACTED = {"cleanup.policy": "compact"}
 
@@ -33,6 +41,13 @@ BUDGET_DEFINITIONS = TopicSpec(
     "tollgate.budget-definitions.v1", BudgetDefinition, compacted=True, partitioned=False
 )
 BUDGET_STATE = TopicSpec("tollgate.budget-state.v1", BudgetState, compacted=True)
+GATEWAY_CLAIMS = TopicSpec(
+    "tollgate.gateway-claims.v1",
+    GatewayClaims,
+    partitioned=False,
+)
+"""Each gateway instance's claims on the budgets, a few times a second; every instance
+reads them all from the end (``gateway.budget_shares``)."""
 ALERTS = TopicSpec("tollgate.alerts.v1", Alert)
 BUDGET_CONTRIBUTIONS = TopicSpec("tollgate.budget-contributions.v1", None)
 """Internal to the stream: each priced call's share of each budget it falls under, keyed by
@@ -51,6 +66,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     USAGE_DLQ,
     BUDGET_DEFINITIONS,
     BUDGET_STATE,
+    GATEWAY_CLAIMS,
     ALERTS,
     BUDGET_CONTRIBUTIONS,
     METER_SEEN_IDS,
@@ -94,6 +110,10 @@ class Topics:
     @property
     def budget_state(self) -> str:
         return self.name(BUDGET_STATE)
+
+    @property
+    def gateway_claims(self) -> str:
+        return self.name(GATEWAY_CLAIMS)
 
     @property
     def alerts(self) -> str:

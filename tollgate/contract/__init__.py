@@ -18,6 +18,7 @@ from tollgate.contract.budgets import (
     state_key,
     subject_key,
 )
+from tollgate.contract.claims import GatewayClaims, SubjectClaim
 from tollgate.contract.codec import decode, encode
 from tollgate.contract.priced import PricedEvent
 from tollgate.contract.record import Record
@@ -41,11 +42,13 @@ __all__ = [
     "BudgetWindow",
     "CalendarUnit",
     "Dimension",
+    "GatewayClaims",
     "Operation",
     "PricedEvent",
     "Record",
     "Severity",
     "Status",
+    "SubjectClaim",
     "UsageEvent",
     "UsageSource",
     "WindowKind",

@@ -96,6 +96,10 @@ def endpoint(answer: Answer, render_error: ErrorRenderer) -> Handler:
             return await answer(call)
         except FakeProviderError as error:
             return render_error(error, state.next_id("req_"))
+        except (asyncio.CancelledError, ConnectionResetError):
+            # The caller closed the connection before the answer was out.
+            state.stats.aborted += 1
+            raise
 
     return handle
 

@@ -28,6 +28,8 @@ class RequestStats:
 
     def __init__(self) -> None:
         self.requests_by_path: Counter[str] = Counter()
+        self.aborted = 0
+        """Requests whose caller went away before the answer was written whole."""
         self.last_path: str | None = None
         self.last_headers: CIMultiDictProxy[str] | None = None
         self.last_body: Any = None
@@ -42,6 +44,7 @@ class RequestStats:
         headers = self.last_headers or {}
         return {
             "total": sum(self.requests_by_path.values()),
+            "aborted": self.aborted,
             "requests_by_path": dict(self.requests_by_path),
             "last_request": {
                 "path": self.last_path,
