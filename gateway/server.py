@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from gateway.app import GatewayParts, create_app
+from gateway.http_server import GatewayRunner
 from gateway.routes import backend_secrets, load_routes
 from tollgate.errors import SettingsError
 from tollgate.settings import Settings
@@ -33,7 +34,7 @@ def resolve_parts(
 async def serve(parts: GatewayParts, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGINT or SIGTERM; then drain, flush usage events and stop."""
     app = create_app(parts)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
+    runner = GatewayRunner(app, parts.settings.gateway, shutdown_timeout=30)
     await runner.setup()
     gateway = parts.settings.gateway
     site = web.TCPSite(runner, gateway.host, gateway.port, backlog=1024, reuse_address=True)

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from gateway.app import GatewayParts, create_app
 from gateway.auth import hash_api_key
+from gateway.http_server import GatewayRunner
 from gateway.routes import RoutesConfig
 from tests.servers import AppServer, LoopThread
 from tollgate.contract import BudgetState, UsageEvent, decode, encode
@@ -170,7 +171,10 @@ def start_gateway(
         gateway=GatewaySettings(spool_dir=spool_dir, **gateway),
     )
     parts = GatewayParts(settings, routes, {}, broker)
-    server = AppServer(lambda: create_app(parts)).start()
+    server = AppServer(
+        lambda: create_app(parts),
+        lambda app: GatewayRunner(app, settings.gateway, shutdown_timeout=5),
+    ).start()
     world = GatewayWorld(kafka, broker, topics, server)
     if read:
         world.start_reading()
