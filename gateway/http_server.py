@@ -39,6 +39,7 @@ from tollgate.settings import GatewaySettings
 
 log = logging.getLogger("tollgate.gateway")
 
+_REFUSAL_LINGER_S = 1.0
 _FD_RESERVE = 64
 """Descriptors kept for the broker, the spool, upstream pools and logs."""
 
@@ -116,8 +117,14 @@ class _GuardedHandler(RequestHandler):
                     server.refused,
                 )
             assert isinstance(transport, asyncio.Transport)
+            # Answer, half-close, and drop whatever the client sends until it closes (or a
+            # second has passed): closing with its request unread would reset the
+            # connection, and the client might never read the answer.
+            self._force_close = True  # data_received ignores everything from now on
             transport.write(_BUSY)
-            transport.close()
+            if transport.can_write_eof():
+                transport.write_eof()
+            self._loop.call_later(_REFUSAL_LINGER_S, transport.close)
             return
         super().connection_made(transport)
 

@@ -163,14 +163,17 @@ def start_gateway(
     routes: RoutesConfig,
     spool_dir: Path,
     read: bool = True,
+    secrets: dict[str, str] | None = None,
     **gateway: Any,
 ) -> GatewayWorld:
-    """Serve a gateway on loopback; with ``read``, also read back what it emits."""
+    """Serve a gateway on loopback; with ``read``, also read back what it emits.
+
+    ``secrets``: backend name → the provider key the gateway sends it."""
     settings = Settings(
         kafka=kafka,
         gateway=GatewaySettings(spool_dir=spool_dir, **gateway),
     )
-    parts = GatewayParts(settings, routes, {}, broker)
+    parts = GatewayParts(settings, routes, secrets or {}, broker)
     server = AppServer(
         lambda: create_app(parts),
         lambda app: GatewayRunner(app, settings.gateway, shutdown_timeout=5),
