@@ -101,6 +101,26 @@ class KafkaSettings(Section):
         return Topics(self.topic_prefix, self.partitions, self.replication_factor)
 
 
+_NEVER_FORWARDED = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "cookie",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+
+
 class GatewaySettings(Section):
     """The proxy in front of the providers."""
 
@@ -129,7 +149,18 @@ class GatewaySettings(Section):
     connection)."""
     forward_headers: Annotated[tuple[str, ...], BeforeValidator(_comma_separated)] = ()
     """Request headers passed to providers besides the built-in allowlist: names, comma
-    separated in the environment (``x-team-trace,x-experiment``)."""
+    separated in the environment (``x-team-trace,x-experiment``). Credentials and
+    connection headers cannot be named."""
+
+    @model_validator(mode="after")
+    def _no_credentials_forwarded(self) -> Self:
+        named = {name.lower() for name in self.forward_headers} & _NEVER_FORWARDED
+        if named:
+            raise ValueError(
+                f"forward_headers may not name {', '.join(sorted(named))}: credentials and "
+                "connection headers never cross the gateway"
+            )
+        return self
 
 
 class StreamSettings(Section):
