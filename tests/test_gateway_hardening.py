@@ -423,6 +423,16 @@ def test_slow_clients_are_cut_off_while_valid_calls_still_succeed(
         slow.close()
 
 
+def test_a_call_slower_than_the_idle_timeout_is_not_cut(
+    guarded_gateway: GatewayWorld, providers: Providers
+) -> None:
+    providers.primary.configure(latency_ms=1500)  # idle timeout 1 s, backend timeout 2 s
+    sdk = client(guarded_gateway, timeout=10)
+    assert sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
+    stream = sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
 def test_connections_past_the_cap_get_a_clear_503_and_calls_resume_after(
     guarded_gateway: GatewayWorld,
 ) -> None:
