@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection
 
 MAX_MODEL_NAME = 256
 """The contract's limit on names."""
@@ -31,10 +31,9 @@ def unknown_model_name(model: str) -> str:
     return UNKNOWN_MODEL_PREFIX + digest[:12]
 
 
-def route_key(route_models: Iterable[str], model: str) -> str | None:
+def route_key(route_models: Collection[str], model: str) -> str | None:
     """The routes-file key that serves ``model``: itself if listed, else the first pattern
     that matches (the order ``RoutesConfig.backends_for`` uses), else None."""
-    keys = list(route_models)
-    if model in keys:
+    if model in route_models:
         return model
-    return next((key for key in keys if fnmatch.fnmatchcase(model, key)), None)
+    return next((key for key in route_models if fnmatch.fnmatchcase(model, key)), None)
