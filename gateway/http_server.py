@@ -4,7 +4,10 @@
   after every answer, and closes the connection when it fires while no complete request
   head has arrived. With ``idle_timeout_s`` as that timer, a connection that is silent,
   idle between calls, or trickling its headers is closed after that long (aiohttp's own
-  default is an hour). The body is bounded apart (``body_timeout_s``, in the proxy).
+  default is an hour). aiohttp 3.14.5, the version required, arms the timer when a
+  connection opens; older versions armed it only after a first answer, and held a
+  connection that never finished its first head.
+  The body is bounded apart (``body_timeout_s``, in the proxy).
 - **A cap on connections.** Past ``max_connections`` a new connection is answered at once
   with a 503 in OpenAI's error format and closed, before any of its bytes are read, so
   that the process keeps file descriptors for the calls it serves (each also holds one
