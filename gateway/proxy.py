@@ -121,10 +121,10 @@ class Proxy:
                 raise InvalidRequest(
                     f"`model` is longer than {MAX_MODEL_NAME} characters", param="model"
                 )
-            call.request_model = unknown_model_name(model)  # until a route knows it
-            backends = self._backends_for(model, dialect)
-            call.request_model = model
             call.route_model = route_key(self.routes.models, model)
+            # A name no route knows is the caller's text and nothing else: not stored.
+            call.request_model = model if call.route_model else unknown_model_name(model)
+            backends = self._backends_for(model, dialect)
             if not call.principal.may_use(model):
                 raise ModelNotAllowed(f"this key may not use model {model!r}", param="model")
             if call.principal.rate_limit is not None:
