@@ -156,13 +156,13 @@ def test_every_status_an_endpoint_answers_is_documented(reporting_url: str) -> N
 
 
 @pytest.mark.timeout(240)
-def test_a_bounded_schemathesis_run_finds_nothing(reporting_url: str) -> None:
+def test_a_bounded_schemathesis_run_finds_nothing(reporting_url: str, tmp_path: Path) -> None:
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "tests.schemathesis.reporting_hooks",
         "PYTHONPATH": str(REPO),
         "NO_COLOR": "1",
-    }
+    }  # run in tmp_path: schemathesis writes its .schemathesis/ state there
     command = [
         sys.executable,
         "-m",
@@ -183,7 +183,7 @@ def test_a_bounded_schemathesis_run_finds_nothing(reporting_url: str) -> None:
         "1",
     ]
     run = subprocess.run(
-        command, env=env, cwd=REPO, capture_output=True, text=True, timeout=200, check=False
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=200, check=False
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert " passed" in run.stdout
