@@ -9,13 +9,18 @@
   connection that never finished its first head.
   The body is bounded apart (``body_timeout_s``, in the proxy).
 - **A cap on connections.** Past ``max_connections`` a new connection is answered at once
-  with a 503 in OpenAI's error format and closed, before any of its bytes are read, so
-  that the process keeps file descriptors for the calls it serves (each also holds one
-  upstream connection).
+  with a 503 in OpenAI's error format, before any of its bytes are read, and closed when
+  the client has read it (a second at most), so that the process keeps file descriptors
+  for the calls it serves (each also holds one upstream connection).
 - **Malformed or oversized request heads** are answered in OpenAI's error format (431 for
   a request line or header over 8190 bytes, else 400) with a fixed message, and logged at
   WARNING with the error's class only: aiohttp's own answer and ERROR log quote the first
   bytes of the offending line, which may be a credential.
+
+aiohttp has no public hook for these, so this module subclasses its ``Server`` and
+``RequestHandler`` and reads a few of their attributes (constructor arguments, the
+connection table); ``tests/test_gateway_hardening.py`` fails if an aiohttp release moves
+them.
 """
 
 from __future__ import annotations
