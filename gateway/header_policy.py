@@ -33,6 +33,7 @@ FORWARDED_UP_PREFIXES = ("x-stainless-",)
 PASSED_DOWN = frozenset(
     {
         "content-type",
+        "cache-control",
         "retry-after",
         "retry-after-ms",
         "x-should-retry",
