@@ -13,7 +13,6 @@ import logging
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -440,7 +439,13 @@ def test_connections_past_the_cap_get_a_clear_503_and_calls_resume_after(
         socket.create_connection(("127.0.0.1", guarded_gateway.server.port)) for _ in range(40)
     ]
     try:
-        time.sleep(0.2)  # let the gateway accept them all
+        runner = guarded_gateway.server.runner
+        assert runner is not None
+        assert runner.server is not None
+        server = runner.server
+        assert wait_until(
+            lambda: guarded_gateway.server.call(lambda: len(server.connections)) >= 40
+        )
         answer = _exchange(guarded_gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503")
