@@ -110,10 +110,15 @@ def instant(value: object, name: str) -> datetime:
 def time_range(
     start: object, end: object, grain: Granularity | None = None
 ) -> tuple[datetime, datetime]:
-    """``[start, end)`` in UTC, checked: aware, ordered, and not too long for ``grain``."""
+    """``[start, end)`` in UTC, checked: aware, ordered, and not too long for ``grain``.
+
+    ``start == end`` is the empty range: valid, and no row falls in it."""
     first, last = instant(start, "start"), instant(end, "end")
-    if last <= first:
-        raise QueryError(f"end ({last.isoformat()}) must be after start ({first.isoformat()})")
+    if last < first:
+        raise QueryError(
+            f"end ({last.isoformat()}) must be after start ({first.isoformat()}), or equal to "
+            "it for an empty range"
+        )
     longest = MAX_RANGE[grain]
     if last - first > longest:
         what = f"{grain.value}ly buckets" if grain is Granularity.HOUR else "this query"

@@ -21,6 +21,7 @@ auth:
     jwks_url: https://login.example.com/.well-known/jwks.json   # or jwks_file
     algorithms: [RS256, ES256]     # asymmetric only
     leeway_s: 30
+    max_lifetime_s: 86400          # optional: refuse tokens valid for longer than this
     tenant_claim: tenant           # required in every token
     team_claim: team
     user_claim: sub
@@ -114,6 +115,9 @@ class JwtConfig(_Strict):
     jwks_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     algorithms: Annotated[list[str], Field(min_length=1)] = ["RS256", "ES256"]
     leeway_s: Annotated[float, Field(ge=0)] = 30.0
+    max_lifetime_s: Annotated[float, Field(gt=0)] | None = None
+    """Refuse a token whose ``exp`` is further than this from now, or from its ``iat``:
+    a leaked long-lived token stays usable no longer than this. Unset: no limit."""
     tenant_claim: Annotated[str, Field(min_length=1)] = "tenant"
     team_claim: str | None = "team"
     user_claim: str | None = "sub"

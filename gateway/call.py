@@ -24,6 +24,8 @@ class Call:
     started_mono: float = field(default_factory=time.perf_counter)
     principal: Principal | None = None
     request_model: str | None = None
+    route_model: str | None = None
+    """The routes-file key that served ``request_model`` (its name, or a pattern)."""
     response_model: str | None = None
     backend: str | None = None
     provider: str | None = None

@@ -87,6 +87,35 @@ class PayloadTooLarge(GatewayError):
     status = Status.REJECTED_INVALID
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its whole request body within the gateway's time limit."""
+
+    http_status = 408
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "request_timeout"
+    status = Status.REJECTED_INVALID
+
+
+class RequestHeadTooLarge(GatewayError):
+    """The request line or a header is over aiohttp's size limit (answered before routing)."""
+
+    http_status = 431
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+    status = Status.REJECTED_INVALID
+
+
+class MalformedRequest(GatewayError):
+    """The bytes received are not an HTTP request aiohttp can parse."""
+
+    http_status = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    status = Status.REJECTED_INVALID
+
+
 class UnsupportedMediaType(GatewayError):
     """The request body is not JSON."""
 
@@ -136,6 +165,16 @@ class UpstreamFailed(GatewayError):
     openai_type = "server_error"
     anthropic_type = "api_error"
     code = "upstream_error"
+    status = Status.UPSTREAM_ERROR
+
+
+class ServiceBusy(GatewayError):
+    """The gateway is serving as many connections as it may; come back shortly."""
+
+    http_status = 503
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"
+    code = "too_many_connections"
     status = Status.UPSTREAM_ERROR
 
 

@@ -236,7 +236,7 @@ class JwtVerifier:
             raise Unauthenticated("token is malformed")
         key = await self._keys.key_for(kid, algorithm)
         try:
-            return jwt.decode(
+            claims = jwt.decode(
                 token,
                 key,
                 algorithms=[algorithm],
@@ -247,6 +247,22 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as error:
             raise Unauthenticated(_reason(error)) from None
+        self._check_lifetime(claims)
+        return claims
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """``max_lifetime_s``: ``exp`` no further than that from now, nor from ``iat``."""
+        longest = self._config.max_lifetime_s
+        if longest is None:
+            return
+        limit = longest + self._config.leeway_s
+        expires = float(claims["exp"])  # PyJWT checked it is a number
+        issued = claims.get("iat")
+        start = float(issued) if isinstance(issued, int | float) else None
+        if expires - self._clock() > limit or (start is not None and expires - start > limit):
+            raise Unauthenticated(
+                f"token lifetime is over the maximum of {longest:g} s this gateway accepts"
+            )
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         config = self._config

@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from gateway.model_names import UNROUTED_LABEL
 from tollgate.contract import Status, UsageEvent
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -67,14 +68,16 @@ class GatewayMetrics:
     def observe_upstream(self, backend: str, elapsed_s: float) -> None:
         self._child(self.upstream_latency, backend).observe(elapsed_s)
 
-    def observe_call(self, event: UsageEvent) -> None:
+    def observe_call(self, event: UsageEvent, route_model: str | None = None) -> None:
+        """Count a finished call. Tokens are labelled by ``route_model``, the routes-file
+        key that served it, never by the caller's text: the label set stays bounded."""
         operation = event.operation.value
         self._child(self.requests, operation, event.status.value).inc()
         self._child(self.latency, operation).observe(event.duration_ms / 1000)
         if event.status is Status.REJECTED_BUDGET:
             self.budget_rejections.inc()
         if event.total_tokens:
-            model = event.request_model or "unknown"
+            model = route_model or UNROUTED_LABEL
             self._child(self.tokens, "input", model).inc(event.input_tokens)
             self._child(self.tokens, "output", model).inc(event.output_tokens)
 

@@ -37,13 +37,16 @@ from gateway.errors import (
     ModelNotAllowed,
     ModelNotFound,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
     UpstreamFailed,
     UpstreamTimeout,
     error_body,
     stream_error_event,
 )
+from gateway.header_policy import SecretRedactor
 from gateway.metrics import GatewayMetrics
+from gateway.model_names import MAX_MODEL_NAME, route_key, unknown_model_name
 from gateway.rate_limit import RateLimiter
 from gateway.response_headers import LimitHeaders
 from gateway.routes import BackendConfig, RoutesConfig
@@ -79,8 +82,6 @@ _OUTPUT_CAP_FIELD = {
     Operation.MESSAGES: "max_tokens",
 }
 """Where an operation's output cap goes when the gateway sets the default one."""
-MAX_MODEL_NAME = 256
-"""The contract's limit on names."""
 
 
 @dataclass
@@ -98,8 +99,12 @@ class Proxy:
     spend: SpendEstimator | None = None
     _exact_routes: dict[str, list[BackendConfig]] = field(init=False)
     _urls: dict[tuple[str, str, str], URL] = field(init=False, default_factory=dict)
+    _redactor: SecretRedactor = field(init=False)
+    _also_forward: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
+        self._redactor = SecretRedactor(self.secrets.values())
+        self._also_forward = frozenset(name.lower() for name in self.settings.forward_headers)
         # Models named exactly resolve with one dict lookup; patterns are matched per call.
         self._exact_routes = {
             model: backends
@@ -134,7 +139,9 @@ class Proxy:
                 raise InvalidRequest(
                     f"`model` is longer than {MAX_MODEL_NAME} characters", param="model"
                 )
-            call.request_model = model
+            call.route_model = route_key(self.routes.models, model)
+            # A name no route knows is the caller's text and nothing else: not stored.
+            call.request_model = model if call.route_model else unknown_model_name(model)
             backends = self._backends_for(model, dialect)
             if not call.principal.may_use(model):
                 raise ModelNotAllowed(f"this key may not use model {model!r}", param="model")
@@ -186,11 +193,14 @@ class Proxy:
 
     def _refuse(self, call: Call, error: GatewayError, limits: LimitHeaders) -> web.Response:
         call.status, call.http_status = error.status, error.http_status
-        return web.json_response(
+        response = web.json_response(
             error_body(error, call.dialect),
             status=error.http_status,
             headers={**error.headers(), **limits.render(call)},
         )
+        if isinstance(error, RequestTimeout):
+            response.force_close()  # the rest of the body is not worth waiting for
+        return response
 
     def _settle(self, call: Call) -> asyncio.Event:
         """Close the books on a call, once: release its reservation, emit its one event.
@@ -227,7 +237,7 @@ class Proxy:
             log.exception("budget accounting failed for call %s", call.event_id)
         call.written = self.emitter.emit(event)  # never raises
         try:
-            self.metrics.observe_call(event)
+            self.metrics.observe_call(event, call.route_model)
             _log_call(event)
         except Exception:
             self.metrics.metering_faults.inc()
@@ -265,15 +275,22 @@ class Proxy:
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
         try:
-            raw = await request.read()  # the app's client_max_size bounds it
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                raw = await request.read()  # the app's client_max_size bounds it
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"request body is over the {limit}-byte limit") from None
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {self.settings.body_timeout_s:g} s"
+            ) from None
         if len(raw) > limit:
             raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
         try:
             payload = _json_decode(raw)
         except msgspec.DecodeError as error:
             raise InvalidRequest(f"request body is not valid JSON: {error}") from None
+        except RecursionError:
+            raise InvalidRequest("request body is nested too deeply") from None
         if not isinstance(payload, dict):
             raise InvalidRequest("request body must be a JSON object")
         return payload, raw
@@ -319,7 +336,10 @@ class Proxy:
                     self._upstream_url(backend, request.path, call.request_model or ""),
                     body,
                     upstream_headers(
-                        backend, request.headers, self.secrets.get(backend.name)
+                        backend,
+                        request.headers,
+                        self.secrets.get(backend.name),
+                        self._also_forward,
                     ).items(),
                     connect_timeout_s=backend.connect_timeout_s,
                     timeout_s=backend.timeout_s,
@@ -363,9 +383,11 @@ class Proxy:
             # Every backend refused: pass the last provider error on as it was written.
             status, body, headers = refused
             call.status, call.http_status = Status.UPSTREAM_ERROR, status
-            response_headers = client_headers(headers)
+            response_headers = client_headers(headers, self._redactor)
             response_headers.update(limits.render(call))
-            return web.Response(status=status, body=body, headers=response_headers)
+            return web.Response(
+                status=status, body=self._redactor.body(body), headers=response_headers
+            )
         raise failure or UpstreamFailed(
             f"no backend for {call.request_model!r} is available (all are out of service)"
         )
@@ -389,9 +411,9 @@ class Proxy:
             call.usage = usage or estimated_usage(payload, response_chars(body))
         else:
             call.status = Status.UPSTREAM_ERROR
-        headers = client_headers(upstream.header_pairs)
+        headers = client_headers(upstream.header_pairs, self._redactor)
         headers.update(limits.render(call))
-        return web.Response(status=upstream.status, body=body, headers=headers)
+        return web.Response(status=upstream.status, body=self._redactor.body(body), headers=headers)
 
     async def _relay_stream(
         self,
@@ -402,7 +424,7 @@ class Proxy:
         injected_usage: bool,
         limits: LimitHeaders,
     ) -> web.StreamResponse:
-        headers = client_headers(upstream.header_pairs)
+        headers = client_headers(upstream.header_pairs, self._redactor)
         headers.update(limits.render(call))
         response = _StreamResponse(status=upstream.status, headers=headers)
         reader = StreamUsage(call.operation)
@@ -424,12 +446,12 @@ class Proxy:
                     elif not (injected_usage and usage_only):
                         out.append(event)
                 if out:
-                    await response.write(b"".join(out))
+                    await response.write(self._redactor.body(b"".join(out)))
             last.append(framer.rest())
             _finish_stream(call, reader, payload)
             await self._settle(call).wait()
             if held := b"".join(last):
-                await response.write(held)
+                await response.write(self._redactor.body(held))
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             call.status = Status.CLIENT_CLOSED  # the client hung up: nothing to answer

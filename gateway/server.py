@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from gateway.app import DRAIN, GatewayParts, create_app
+from gateway.http_server import GatewayRunner
 from gateway.routes import backend_secrets, load_routes
 from tollgate.errors import SettingsError
 from tollgate.settings import Settings
@@ -38,7 +39,9 @@ async def serve(parts: GatewayParts, ready: asyncio.Event | None = None) -> None
     """Serve until SIGINT or SIGTERM; then drain, flush usage events and stop."""
     app = create_app(parts)
     # handler_cancellation: a client that goes away cancels its call, and so the upstream one.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1, handler_cancellation=True)
+    runner = GatewayRunner(
+        app, parts.settings.gateway, shutdown_timeout=1, handler_cancellation=True
+    )
     await runner.setup()
     gateway = parts.settings.gateway
     site = web.TCPSite(runner, gateway.host, gateway.port, backlog=1024, reuse_address=True)

@@ -1,7 +1,8 @@
 """Talking to a backend: its URL, its credentials, and which headers cross the gateway.
 
 Client credentials never reach the upstream and upstream credentials never reach the
-client: both directions drop every auth header, and the backend's own key is added here.
+client: both directions pass headers by allowlist (``gateway.header_policy``), and the
+backend's own key is added here.
 """
 
 from __future__ import annotations
@@ -11,45 +12,9 @@ from urllib.parse import quote
 
 from multidict import CIMultiDict
 
+from gateway.header_policy import SecretRedactor, forwarded_up, passed_down
 from gateway.routes import BackendConfig, BackendKind
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-_NOT_FORWARDED_UP = HOP_BY_HOP | {
-    "host",
-    "content-length",
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "cookie",
-    "accept-encoding",
-    "x-forwarded-for",
-    "openai-organization",
-    "openai-project",
-}
-_NOT_FORWARDED_DOWN = HOP_BY_HOP | {
-    "content-length",
-    "content-encoding",
-    "set-cookie",
-    "server",
-    "date",
-    "openai-organization",
-    "openai-project",
-    "anthropic-organization-id",
-}
-_PROVIDER_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
-"""The gateway's provider-account limits: not the caller's business, and the gateway
-writes the caller's own ``x-ratelimit-*`` headers in their place."""
 ANTHROPIC_VERSION = "2023-06-01"
 
 
@@ -68,14 +33,13 @@ def upstream_url(backend: BackendConfig, path: str, model: str) -> str:
 
 
 def upstream_headers(
-    backend: BackendConfig, client_headers: Mapping[str, str], secret: str | None
+    backend: BackendConfig,
+    client_headers: Mapping[str, str],
+    secret: str | None,
+    also_forward: frozenset[str] = frozenset(),
 ) -> CIMultiDict[str]:
-    """The client's headers minus credentials and hop-by-hop ones, plus the backend's key."""
-    headers: CIMultiDict[str] = CIMultiDict(
-        (name, value)
-        for name, value in client_headers.items()
-        if name.lower() not in _NOT_FORWARDED_UP
-    )
+    """The client's allowlisted headers, plus the backend's key."""
+    headers: CIMultiDict[str] = CIMultiDict(forwarded_up(client_headers, also_forward))
     headers["accept-encoding"] = "identity"
     if backend.kind is BackendKind.ANTHROPIC:
         headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
@@ -89,11 +53,15 @@ def upstream_headers(
     return headers
 
 
-def client_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """The upstream's response headers (name, value) that may be passed on to the client."""
-    return CIMultiDict(
-        (name, value)
-        for name, value in upstream
-        if name.lower() not in _NOT_FORWARDED_DOWN
-        and not name.lower().startswith(_PROVIDER_LIMIT_PREFIXES)
-    )
+def client_headers(
+    upstream: Iterable[tuple[str, str]], redactor: SecretRedactor | None = None
+) -> CIMultiDict[str]:
+    """The upstream's allowlisted response headers (name, value), secrets redacted.
+
+    The provider's ``x-ratelimit-*`` headers describe the gateway's provider account, not
+    the caller's limits, and are not on the list: the gateway writes its own.
+    """
+    kept = passed_down(upstream)
+    if redactor:
+        kept = [(name, redactor.value(value)) for name, value in kept]
+    return CIMultiDict(kept)

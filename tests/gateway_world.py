@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from gateway.app import GatewayParts, create_app
 from gateway.auth import hash_api_key
+from gateway.http_server import GatewayRunner
 from gateway.routes import RoutesConfig
 from tests.servers import AppServer, LoopThread
 from tollgate.contract import BudgetState, UsageEvent, decode, encode
@@ -162,15 +163,23 @@ def start_gateway(
     routes: RoutesConfig,
     spool_dir: Path,
     read: bool = True,
+    secrets: dict[str, str] | None = None,
     **gateway: Any,
 ) -> GatewayWorld:
-    """Serve a gateway on loopback; with ``read``, also read back what it emits."""
+    """Serve a gateway on loopback; with ``read``, also read back what it emits.
+
+    ``secrets``: backend name → the provider key the gateway sends it."""
     settings = Settings(
         kafka=kafka,
         gateway=GatewaySettings(spool_dir=spool_dir, **gateway),
     )
-    parts = GatewayParts(settings, routes, {}, broker)
-    server = AppServer(lambda: create_app(parts), handler_cancellation=True).start()
+    parts = GatewayParts(settings, routes, secrets or {}, broker)
+    server = AppServer(
+        lambda: create_app(parts),
+        lambda app: GatewayRunner(
+            app, settings.gateway, shutdown_timeout=5, handler_cancellation=True
+        ),
+    ).start()
     world = GatewayWorld(kafka, broker, topics, server)
     if read:
         world.start_reading()

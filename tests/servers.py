@@ -37,18 +37,22 @@ class LoopThread:
 class AppServer:
     """An aiohttp application served on 127.0.0.1, on a free port, in a thread."""
 
-    def __init__(self, make_app: Callable[[], web.Application], **runner_options: Any) -> None:
+    def __init__(
+        self,
+        make_app: Callable[[], web.Application],
+        make_runner: Callable[[web.Application], web.AppRunner] | None = None,
+    ) -> None:
         self.thread = LoopThread()
         self._make_app = make_app
-        self._runner_options = runner_options
+        self._make_runner = make_runner or (
+            lambda app: web.AppRunner(app, access_log=None, shutdown_timeout=5)
+        )
         self.runner: web.AppRunner | None = None
         self.port = 0
 
     def start(self) -> AppServer:
         async def start() -> None:
-            self.runner = web.AppRunner(
-                self._make_app(), access_log=None, shutdown_timeout=5, **self._runner_options
-            )
+            self.runner = self._make_runner(self._make_app())
             await self.runner.setup()
             site = web.TCPSite(self.runner, "127.0.0.1", 0)
             await site.start()

@@ -224,6 +224,45 @@ async def test_expiry_within_leeway_is_accepted(make_authenticator: Callable[...
     assert principal.tenant == "acme"
 
 
+TEN_YEARS_S = 10 * 365 * 86400
+
+
+async def test_a_ten_year_token_is_refused_under_a_maximum_lifetime(
+    make_authenticator: Callable[..., Authenticator],
+) -> None:
+    now = int(time.time())
+    token = make_token(iat=now, exp=now + TEN_YEARS_S)
+    message = await refused(make_authenticator(max_lifetime_s=3600), bearer(token))
+    assert message == "token lifetime is over the maximum of 3600 s this gateway accepts"
+
+
+async def test_a_token_issued_long_ago_for_long_is_refused_under_a_maximum_lifetime(
+    make_authenticator: Callable[..., Authenticator],
+) -> None:
+    now = int(time.time())
+    token = make_token(iat=now - 7 * 86400, exp=now + 600)  # a week-long token, nearly done
+    assert "lifetime is over the maximum" in await refused(
+        make_authenticator(max_lifetime_s=3600), bearer(token)
+    )
+
+
+async def test_a_token_within_the_maximum_lifetime_is_accepted(
+    make_authenticator: Callable[..., Authenticator],
+) -> None:
+    now = int(time.time())
+    authenticator = make_authenticator(max_lifetime_s=3600)
+    assert (await authenticator.authenticate(bearer(make_token(iat=now, exp=now + 3600)))).tenant
+    assert (await authenticator.authenticate(bearer(make_token(iat=None, exp=now + 60)))).tenant
+
+
+async def test_without_a_maximum_lifetime_a_long_token_is_accepted_as_before(
+    make_authenticator: Callable[..., Authenticator],
+) -> None:
+    now = int(time.time())
+    token = make_token(iat=now, exp=now + TEN_YEARS_S)
+    assert (await make_authenticator().authenticate(bearer(token))).tenant == "acme"
+
+
 async def test_jwt_without_expiry_is_refused(authenticator: Authenticator) -> None:
     message = await refused(authenticator, bearer(make_token(exp=None)))
     assert message == "token is missing required claim 'exp'"

@@ -243,10 +243,9 @@ def test_an_unreachable_upstream_is_a_502_and_an_upstream_error_event(
 def test_a_provider_error_that_is_not_retried_passes_through_as_written(
     gateway: GatewayWorld, providers: Providers
 ) -> None:
+    providers.primary.configure(fail_status=400)
     with pytest.raises(openai.BadRequestError) as raised:
-        client(gateway).chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-fake-fail-status": "400"}
-        )
+        client(gateway).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert providers.primary.stats()["total"] == 1
     assert providers.spare.stats()["total"] == 0  # a 400 is the caller's fault: no failover
     event = gateway.event_for(raised.value.response.headers["x-tollgate-request-id"])
@@ -285,10 +284,10 @@ def test_a_model_name_longer_than_the_contract_takes_is_a_400(gateway: GatewayWo
 def test_a_backend_refusing_the_gateways_own_key_is_a_502_without_its_body(
     gateway: GatewayWorld, providers: Providers
 ) -> None:
+    providers.primary.configure(fail_status=401)
+    providers.spare.configure(fail_status=401)
     with pytest.raises(openai.APIStatusError) as raised:
-        client(gateway).chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-fake-fail-status": "401"}
-        )
+        client(gateway).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert raised.value.status_code == 502
     assert "refused the gateway's credentials" in raised.value.message
     assert providers.spare.stats()["total"] == 1  # the next backend was tried

@@ -126,3 +126,10 @@ def test_every_known_variable_maps_to_a_setting() -> None:
     assert "TOLLGATE_GATEWAY_PORT" in names
     assert "KAFKA_BOOTSTRAP_SERVERS" in names
     assert all(name.isupper() for name in names)
+
+
+def test_forward_headers_are_read_comma_separated_and_never_name_a_credential() -> None:
+    settings = load_settings({"TOLLGATE_GATEWAY_FORWARD_HEADERS": "x-team-trace, X-Experiment"})
+    assert settings.gateway.forward_headers == ("x-team-trace", "X-Experiment")
+    with pytest.raises(SettingsError, match="may not name authorization, cookie"):
+        load_settings({"TOLLGATE_GATEWAY_FORWARD_HEADERS": "Authorization,x-a,Cookie"})

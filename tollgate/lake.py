@@ -70,6 +70,7 @@ import pyarrow.parquet as pq
 
 from tollgate.contract import Alert, BudgetState, Dimension, PricedEvent
 from tollgate.lake_names import PARQUET_SUFFIX, live_files
+from tollgate.private_files import make_private_dirs, open_private
 
 PRICED = "priced"
 """Sub-lake of priced events."""
@@ -221,13 +222,14 @@ def write_parquet(table: pa.Table, path: Path, *, row_group_rows: int = ROW_GROU
 
     The file is written as ``<path>.tmp``, flushed to disk, then renamed into place (and
     the rename flushed too, so a file once seen survives a power cut). zstd, in row
-    groups of ``row_group_rows``.
+    groups of ``row_group_rows``. Files and directories are private to the owner
+    (``tollgate.private_files``).
     """
     if path.suffix != PARQUET_SUFFIX:
         raise ValueError(f"lake files end in {PARQUET_SUFFIX}: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with tmp.open("wb") as sink:
+    with os.fdopen(open_private(tmp), "wb") as sink:
         pq.write_table(table, sink, compression="zstd", row_group_size=row_group_rows)
         sink.flush()
         os.fsync(sink.fileno())

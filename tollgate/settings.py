@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from tollgate.errors import SettingsError
 from tollgate.topics import Topics
@@ -30,6 +38,13 @@ BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 Port = Annotated[int, Field(ge=0, le=65535)]
 """0 asks the OS for a free port."""
 Seconds = Annotated[float, Field(gt=0)]
+
+
+def _comma_separated(value: Any) -> Any:
+    """``"a, b"`` → ``("a", "b")``: how a list is written in an environment variable."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
 
 
 class Section(BaseModel):
@@ -86,6 +101,26 @@ class KafkaSettings(Section):
         return Topics(self.topic_prefix, self.partitions, self.replication_factor)
 
 
+_NEVER_FORWARDED = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "cookie",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+
+
 class GatewaySettings(Section):
     """The proxy in front of the providers."""
 
@@ -123,6 +158,29 @@ class GatewaySettings(Section):
     """Consecutive failures that take a backend out of service."""
     circuit_cooldown_s: Annotated[float, Field(gt=0)] = 30.0
     """How long a backend stays out before one trial call is let through."""
+    idle_timeout_s: Seconds = 15.0
+    """A connection that has not sent a complete request head for this long is closed:
+    new and silent, idle between calls (keep-alive), or trickling its headers."""
+    body_timeout_s: Seconds = 30.0
+    """Longest time to receive a request's body once its head has arrived (else 408)."""
+    max_connections: Annotated[int, Field(gt=0)] | None = None
+    """Client connections served at once; more are answered 503 and closed. Unset: half
+    the process's open-files limit, less a reserve (each call also holds an upstream
+    connection)."""
+    forward_headers: Annotated[tuple[str, ...], BeforeValidator(_comma_separated)] = ()
+    """Request headers passed to providers besides the built-in allowlist: names, comma
+    separated in the environment (``x-team-trace,x-experiment``). Credentials and
+    connection headers cannot be named."""
+
+    @model_validator(mode="after")
+    def _no_credentials_forwarded(self) -> Self:
+        named = {name.lower() for name in self.forward_headers} & _NEVER_FORWARDED
+        if named:
+            raise ValueError(
+                f"forward_headers may not name {', '.join(sorted(named))}: credentials and "
+                "connection headers never cross the gateway"
+            )
+        return self
 
 
 class StreamSettings(Section):

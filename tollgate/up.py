@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError
 from tollgate.broker import EmbeddedBroker, ensure_topics, free_port, running_broker
 from tollgate.errors import SettingsError, TollgateError
 from tollgate.group_lag import group_lag
+from tollgate.private_files import make_private_dirs
 from tollgate.settings import CONFIG_ENV, Settings
 from tollgate.supervisor import Part, StartInterrupted, Supervisor, child_env, tollgate_argv
 
@@ -245,7 +246,7 @@ def run_up(
         key = secrets.token_urlsafe(18)
         options = replace(options, extra_env={**options.extra_env, ADMIN_KEY_ENV: key})
         say(f"  no reporting key configured: this run's admin key is {key}")
-    settings.lake.path.mkdir(parents=True, exist_ok=True)  # the reporting API reads it at once
+    make_private_dirs(settings.lake.path)  # the reporting API reads it at once
     stop = stop or _stop_on_signals()
     supervisor = Supervisor(options.log_dir, say)
     complete = True

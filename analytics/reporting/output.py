@@ -8,6 +8,13 @@ their offset; a bucket (a local time with no zone) is ISO-8601 without one.
 JSON answers carry the page's columns (name and Arrow type) and ``next_offset``/``next``
 for the following page; the binary and CSV answers carry the same in headers
 (``X-Next-Offset`` and ``Link: <…>; rel="next"``).
+
+Text in the lake is partly the callers' (a model name, a user, a tag), and a spreadsheet
+runs a CSV cell that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return
+as a formula. So in CSV, a text cell beginning with one of those is written with a
+leading ``'`` (OWASP's advice for CSV injection), which spreadsheets show as text and
+hide; numbers, money, instants and JSON cells are never prefixed. JSON, Parquet and Arrow
+carry text as typed strings, which no spreadsheet evaluates, and are written unchanged.
 """
 
 from __future__ import annotations
@@ -131,18 +138,33 @@ def plain(value: Any) -> Any:
     return value
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv(table: pa.Table) -> bytes:
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+    # RFC 4180's CRLF: a cell holding CR or LF is then quoted, not split across lines.
+    writer = csv.writer(text, lineterminator="\r\n")
     writer.writerow(table.schema.names)
+    textual = [_is_text(field.type) for field in table.schema]
     for row in plain_rows(table):
-        writer.writerow(_csv_cell(value) for value in row.values())
+        writer.writerow(
+            _csv_cell(value, is_text) for value, is_text in zip(row.values(), textual, strict=True)
+        )
     return text.getvalue().encode()
 
 
-def _csv_cell(value: Any) -> Any:
+def _is_text(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _csv_cell(value: Any, is_text: bool) -> Any:
     if value is None:
         return ""
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
+    if is_text and isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
     return value

@@ -35,11 +35,22 @@ MAX_FILTER_VALUES = 100
 _SPACE_FOR_PLUS = re.compile(r"^(.*\d) (\d{2}(:?\d{2})?)$")
 
 
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
 def _plus_from_space(value: Any) -> Any:
     """``…T09:00:00 02:00`` → ``…T09:00:00+02:00``: an unescaped ``+`` in a query string
-    arrives as a space, and the caller meant the offset."""
+    arrives as a space, and the caller meant the offset.
+
+    Only ISO-8601 text is an instant here, as the OpenAPI document says (``date-time``):
+    pydantic would also read ``0`` or ``1700000000`` as Unix seconds, which is refused."""
     if isinstance(value, str):
-        return _SPACE_FOR_PLUS.sub(r"\1+\2", value.strip())
+        value = _SPACE_FOR_PLUS.sub(r"\1+\2", value.strip())
+        if not _ISO_DATE.match(value):
+            raise ValueError(
+                "must be an ISO-8601 instant with an offset, e.g. 2026-03-01T00:00:00Z"
+            )
+        return value
     return value
 
 
@@ -90,8 +101,10 @@ def time_range(
 ) -> TimeRange:
     end = end or datetime.now(UTC)
     start = start or max(end - DEFAULT_RANGE, EPOCH)
-    if end <= start:
-        raise invalid("end", "must be after `start`", end.isoformat())
+    if end < start:
+        raise invalid(
+            "end", "must be after `start`, or equal to it (an empty range)", end.isoformat()
+        )
     return TimeRange(start, end)
 
 
@@ -117,6 +130,7 @@ def group_by(
             max_length=len(Dimension),
             description="Dimension to group by; repeat for several, e.g. "
             "`group_by=tenant&group_by=model`.",
+            json_schema_extra={"uniqueItems": True},
         ),
     ] = [],  # noqa: B006 - FastAPI copies parameter defaults
 ) -> list[Dimension]:

@@ -90,6 +90,7 @@ _TABLE = {
         "content": {media: {} for media in MEDIA_TYPES.values()},
     },
     401: {"description": "No reporting key, or an unknown one."},
+    406: {"description": "The Accept header names no format this API writes."},
     422: {"description": "A parameter is invalid; `detail` names it."},
 }
 
@@ -251,6 +252,8 @@ def errors(
     paging: PageDep,
     fmt: FormatDep,
 ) -> Response:
+    # Errors are grouped by status always: naming it as well changes nothing.
+    groups = [group for group in groups if group is not Dimension.STATUS]
     query = queries.errors(
         window.start, window.end, group_by=groups, filters=where, tenant_scope=caller.tenant
     )
@@ -284,7 +287,11 @@ def budgets(
     return answer(request, query, paging, fmt, caller)
 
 
-@router.get("/budgets/{budget_id}/burn", summary="Burn-down of a budget's current window")
+@router.get(
+    "/budgets/{budget_id}/burn",
+    summary="Burn-down of a budget's current window",
+    responses={404: {"description": "No such budget with a window at `at` visible to this key."}},
+)
 def budget_burn(
     request: Request,
     caller: CallerDep,
