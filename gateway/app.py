@@ -236,6 +236,11 @@ def _watch_components(metrics: GatewayMetrics, emitter: UsageEmitter, feed: Budg
         lambda: stats.spooled,
     )
     metrics.watch(
+        "tollgate_gateway_spool_writes",
+        "Writes (fsyncs) to the write-ahead log; events spooled per write is the group size",
+        lambda: stats.writes,
+    )
+    metrics.watch(
         "tollgate_gateway_events_dropped",
         "Usage events lost to a full spool",
         lambda: stats.dropped,

@@ -73,6 +73,8 @@ class EmitterStats:
     """Events the broker acknowledged (a resent event counts each time)."""
     spooled: int = 0
     """Events written to the log."""
+    writes: int = 0
+    """Writes to the log (fsyncs): ``spooled / writes`` is the mean group size."""
     resent: int = 0
     """Shipped events made due again because the broker lost them."""
     dropped: int = 0
@@ -239,6 +241,8 @@ class UsageEmitter:
                     return
                 self._queued.clear()
                 await self._queued.wait()
+                # One turn of the loop first: calls finishing in it join this fsync.
+                await asyncio.sleep(0)
                 continue
             await self._write_group()
 
@@ -255,6 +259,7 @@ class UsageEmitter:
             dropped = list(range(len(group)))
         finally:
             written.set()
+        self.stats.writes += 1
         self._account(group, dropped)
         self._spool_changed.set()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -17,6 +18,7 @@ from tollgate.settings import Settings
 
 log = logging.getLogger("tollgate.gateway")
 
+SWITCH_INTERVAL_S = 0.0005
 DRAIN_S = 5.0
 """How long calls in flight may take to finish once stopping began. With the emitter's
 own bound, the gateway exits within 10 s of SIGTERM."""
@@ -37,6 +39,10 @@ def resolve_parts(
 
 async def serve(parts: GatewayParts, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGINT or SIGTERM; then drain, flush usage events and stop."""
+    # The write-ahead log's writer thread needs the GIL for a moment after each write;
+    # with the default 5 ms switch interval a busy event loop would hold every group
+    # commit (and the calls waiting on it) that long.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(parts)
     # handler_cancellation: a client that goes away cancels its call, and so the upstream one.
     runner = GatewayRunner(

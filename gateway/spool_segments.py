@@ -1,7 +1,7 @@
 """The spool's segment files: how records are framed, found, and made durable.
 
 A segment is created full of zeros (so that an append changes no metadata and
-``fdatasync`` has nothing to journal) and holds records framed as ``length (4 bytes; the top
+a synchronous write has nothing to journal) and holds records framed as ``length (4 bytes; the top
 bit marks a refused call's record; 0 ends the records) · CRC32 of the payload (4 bytes) ·
 payload``, big endian. Files are created mode 600 in a directory of mode 700.
 """
@@ -53,17 +53,17 @@ def scan(path: Path, start: int = 0, stop: int | None = None) -> Tally:
 
 
 def create_segment(path: Path, size: int) -> int:
-    """A new segment file of ``size`` zero bytes, fsynced; its descriptor, open to write."""
+    """A new segment file of ``size`` zero bytes, fsynced; its descriptor, open to write
+    synchronously (``O_DSYNC``: a write returns once its data is on disk)."""
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         zeros = bytes(min(size, 1 << 20))
         for start in range(0, size, len(zeros)):
             os.pwrite(descriptor, zeros[: size - start], start)
         os.fsync(descriptor)
-    except BaseException:
+    finally:
         os.close(descriptor)
-        raise
-    return descriptor
+    return os.open(path, os.O_RDWR | os.O_DSYNC)
 
 
 def zeros_after(path: Path, end: int) -> bool:

@@ -1,4 +1,4 @@
-"""The README's one-part-per-process commands, run as written: each line its own process.
+"""The README's run commands as written: the parts one per process, and `tollgate up`.
 
 The block is read from README.md itself. Each line runs under ``bash -c`` in one working
 directory, whose ``deploy/routes.yaml`` and ``budgets.yaml`` are the test's own (in front of
@@ -210,3 +210,49 @@ def _wait(condition: object, timeout_s: float, what: str, logs: Path) -> None:
             tails = {p.name: p.read_text()[-2000:] for p in logs.glob("*.log")}
             raise AssertionError(f"timed out waiting for {what}: {tails}")
         time.sleep(0.25)
+
+
+def up_block() -> str:
+    """The README's fenced block that ends with ``tollgate up``, as one script."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL)
+    (block,) = [b for b in blocks if re.search(r"^tollgate up\b", b, re.MULTILINE)]
+    return block
+
+
+def test_the_readme_up_commands_run_the_pipeline_into_the_lake(
+    tmp_path: Path, fake_providers: Providers, parts: list[subprocess.Popen[str]]
+) -> None:
+    write_config(tmp_path, fake_providers)
+    gateway_port, reporting_port = free_port(), free_port()
+    env = base_env(
+        {
+            "TOLLGATE_GATEWAY_PORT": str(gateway_port),
+            "TOLLGATE_STREAM_WEB_PORT": str(free_port()),
+            "TOLLGATE_REPORTING_PORT": str(reporting_port),
+        }
+    )
+    script = up_block().replace("OPENAI_API_KEY=…", "OPENAI_API_KEY=sk-upstream")
+    script = script.replace("ANTHROPIC_API_KEY=…", "ANTHROPIC_API_KEY=sk-upstream-2")
+    assert "…" not in script, script
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - the process keeps it
+    up = subprocess.Popen(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a terminal of its own: Ctrl-C reaches the whole group
+    )
+    parts.append(up)
+    _wait(lambda: "Tollgate is up" in (tmp_path / "up.log").read_text(), 120, "up", tmp_path)
+
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gateway_port}/v1", api_key=KEY)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+    )
+    request_id = raw.headers["x-tollgate-request-id"]
+    _wait(lambda: request_id in _lake_ids(tmp_path / "var" / "lake"), 90, "the lake", tmp_path)
+
+    os.killpg(up.pid, signal.SIGINT)  # Ctrl-C
+    assert up.wait(120) == 0, (tmp_path / "up.log").read_text()[-3000:]
