@@ -381,6 +381,14 @@ class BudgetBook:
         state = ledger.state_at(None if cut is None else cut.cut_s)
         self._forget_covered(ledger, state, now)
         spent_tokens, spent_usd = _stream_spend(state, now)
+        latest = ledger.latest
+        if latest is not state and latest is not None:
+            # A state newer than the cut's: every instance will use it soon. Counting the
+            # larger spend of the two, and refusing if it blocks, only ever errs safe.
+            latest_tokens, latest_usd = _stream_spend(latest, now)
+            spent_tokens, spent_usd = max(spent_tokens, latest_tokens), max(spent_usd, latest_usd)
+            if state is None or latest.is_blocking(now):
+                state = latest
         used_tokens = spent_tokens + ledger.finished_tokens
         used_usd = spent_usd + ledger.finished_usd
         standing = _Standing(
@@ -405,7 +413,7 @@ class BudgetBook:
                 standing.usable_usd = Decimal(share) * (limit_usd - spent_usd)
             return standing
         cached = ledger.share_cache
-        if cached is not None and cached[0] is cut and cached[1] is state:
+        if cached is not None and cached[0] is cut and cached[1] is latest:
             _, _, others_tokens, others_usd, usable_tokens, usable_usd = cached
             standing.held_tokens += others_tokens
             standing.held_usd += others_usd
@@ -445,7 +453,7 @@ class BudgetBook:
         # changes (every period), whatever the number of calls in between.
         ledger.share_cache = (
             cut,
-            state,
+            latest,
             others_tokens,
             others_usd,
             standing.usable_tokens,
