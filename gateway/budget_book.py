@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -31,6 +30,17 @@ from urllib.parse import quote
 
 from gateway.budget_ledger import Ledger
 from gateway.budget_shares import Cut, ShareView
+from gateway.budget_verdicts import (
+    IN_FLIGHT_RETRY_S,
+    NO_BUDGET,
+    BudgetHeadroom,
+    ShareExhausted,
+    Standing,
+    graver,
+    stream_spend,
+    tightest,
+    verdict,
+)
 from gateway.errors import BudgetExceeded
 from tollgate.budget_definitions import BudgetIndex
 from tollgate.contract import (
@@ -44,9 +54,6 @@ from tollgate.contract import (
 
 FINISHED_TTL_S = 60.0
 """How long a finished call counts locally when no state covering it arrives."""
-IN_FLIGHT_RETRY_S = 1.0
-"""``Retry-After`` when only calls in flight or not yet counted stand between a call and
-its budget, or when this instance's share is spent and the wait for more ran out."""
 FAIL_CLOSED_RETRY_S = 5.0
 DEMAND_WINDOW_S = 1.0
 """An instance's demand on a subject: what it admitted in this last while, plus waiting."""
@@ -61,26 +68,6 @@ _DIMENSIONS = tuple(Dimension)
 
 Shape = tuple[Dimension, ...]
 """The dimensions a budget's scope names, in subject order."""
-
-
-class ShareExhausted(BudgetExceeded):
-    """The call fits its budget, but not this instance's share of it: waiting may help."""
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetHeadroom:
-    """What is left of the tightest blocking budget a call falls under, for its headers.
-
-    All fields are None when no blocking budget applies.
-    """
-
-    remaining_tokens: int | None = None
-    remaining_usd: Decimal | None = None
-    reset_at: datetime | None = None
-    budget_id: str | None = None
-
-
-NO_BUDGET = BudgetHeadroom()
 
 
 class Reservation:
@@ -124,26 +111,6 @@ class Reservation:
 
 
 _NOTHING_RESERVED = Reservation([], 0, _ZERO)
-
-
-@dataclass(slots=True)
-class _Standing:
-    """One subject's numbers for one decision."""
-
-    ledger: Ledger
-    state: BudgetState | None
-    used_tokens: int
-    """Surely used: spent by the stream's account plus this instance's finished calls."""
-    used_usd: Decimal
-    held_tokens: int
-    """On top of ``used``: reserved here, and held by the other instances as announced."""
-    held_usd: Decimal
-    own_tokens: int = 0
-    """This instance's holdings: reserved plus finished and not yet counted."""
-    own_usd: Decimal = _ZERO
-    usable_tokens: int | None = None
-    """What this instance's holdings may reach; None: no limit on it beyond the budget's."""
-    usable_usd: Decimal | None = None
 
 
 class BudgetBook:
@@ -280,9 +247,9 @@ class BudgetBook:
         for ledger in ledgers:
             standing = self._standing(ledger, cut, recent, now)
             standings.append(standing)
-            verdict = _verdict(standing, est_tokens, est_usd, now)
-            if verdict is not None and _graver(verdict, refusal):
-                refusal = verdict
+            found = verdict(standing, est_tokens, est_usd, now)
+            if found is not None and graver(found, refusal):
+                refusal = found
         if (
             refusal is None
             and self.shares is not None
@@ -300,7 +267,7 @@ class BudgetBook:
         for ledger in ledgers:
             ledger.reserve(est_tokens, est_usd)
             self._active.add(ledger)
-        return Reservation(ledgers, est_tokens, est_usd), _tightest(
+        return Reservation(ledgers, est_tokens, est_usd), tightest(
             standings, est_tokens, est_usd, now
         )
 
@@ -377,13 +344,21 @@ class BudgetBook:
 
     def _standing(
         self, ledger: Ledger, cut: Cut | None, recent: list[Cut], now: datetime
-    ) -> _Standing:
+    ) -> Standing:
         state = ledger.state_at(None if cut is None else cut.cut_s)
         self._forget_covered(ledger, state, now)
-        spent_tokens, spent_usd = _stream_spend(state, now)
+        spent_tokens, spent_usd = stream_spend(state, now)
+        latest = ledger.latest
+        if latest is not state and latest is not None:
+            # A state newer than the cut's: every instance will use it soon. Counting the
+            # larger spend of the two, and refusing if it blocks, only ever errs safe.
+            latest_tokens, latest_usd = stream_spend(latest, now)
+            spent_tokens, spent_usd = max(spent_tokens, latest_tokens), max(spent_usd, latest_usd)
+            if state is None or latest.is_blocking(now):
+                state = latest
         used_tokens = spent_tokens + ledger.finished_tokens
         used_usd = spent_usd + ledger.finished_usd
-        standing = _Standing(
+        standing = Standing(
             ledger,
             state,
             used_tokens,
@@ -405,7 +380,7 @@ class BudgetBook:
                 standing.usable_usd = Decimal(share) * (limit_usd - spent_usd)
             return standing
         cached = ledger.share_cache
-        if cached is not None and cached[0] is cut and cached[1] is state:
+        if cached is not None and cached[0] is cut and cached[1] is latest:
             _, _, others_tokens, others_usd, usable_tokens, usable_usd = cached
             standing.held_tokens += others_tokens
             standing.held_usd += others_usd
@@ -423,7 +398,7 @@ class BudgetBook:
                 potential[member] = cut.held(key, member)
         for past in recent:
             past_state = ledger.state_at(past.cut_s)
-            past_tokens, past_usd = _stream_spend(past_state, now)
+            past_tokens, past_usd = stream_spend(past_state, now)
             for member, past_share in past.shares(key).items():
                 if member == own:
                     continue
@@ -445,7 +420,7 @@ class BudgetBook:
         # changes (every period), whatever the number of calls in between.
         ledger.share_cache = (
             cut,
-            state,
+            latest,
             others_tokens,
             others_usd,
             standing.usable_tokens,
@@ -546,148 +521,3 @@ def _shape_of(scope: Mapping[Dimension, str]) -> Shape:
 def _subject_part(dimension: Dimension, value: str) -> str:
     """One ``dimension=value`` of a subject key, as ``tollgate.contract.subject_key`` writes it."""
     return f"{dimension.value}={quote(value, safe='')}"
-
-
-def _graver(verdict: BudgetExceeded, than: BudgetExceeded | None) -> bool:
-    """A refusal for good beats a wait; between two of a kind, the later reset wins."""
-    if than is None:
-        return True
-    waits, waited = isinstance(verdict, ShareExhausted), isinstance(than, ShareExhausted)
-    if waits != waited:
-        return waited
-    return verdict.retry_after_s > than.retry_after_s
-
-
-def _stream_spend(state: BudgetState | None, now: datetime) -> tuple[int, Decimal]:
-    """The spend of the state's current window still standing at ``now``.
-
-    Nothing once the window has ended, or once ``reset_at`` has passed: the stream then
-    expects the spend under the limit, and waiting for a new state could wait for ever
-    on a subject that is refused and so produces no usage.
-    """
-    if state is None:
-        return 0, _ZERO
-    if now >= state.window_end or (state.reset_at is not None and now >= state.reset_at):
-        return 0, _ZERO
-    return state.spent_tokens, state.spent_usd
-
-
-def _verdict(
-    standing: _Standing, est_tokens: int, est_usd: Decimal, now: datetime
-) -> BudgetExceeded | None:
-    ledger, state = standing.ledger, standing.state
-    if state is not None and now < state.window_end and state.is_blocking(now):
-        return _refusal(ledger, state, state.spent_tokens, state.spent_usd, None, now)
-    used_tokens, used_usd = standing.used_tokens, standing.used_usd
-    if _over(ledger, used_tokens, used_usd, est_tokens, est_usd):
-        return _refusal(ledger, state, used_tokens, used_usd, (est_tokens, est_usd), now)
-    with_held_tokens = used_tokens + standing.held_tokens
-    with_held_usd = used_usd + standing.held_usd
-    if _over(ledger, with_held_tokens, with_held_usd, est_tokens, est_usd):
-        left = _left(ledger, with_held_tokens, with_held_usd)
-        return BudgetExceeded(
-            f"budget {ledger.budget_id!r} for {ledger.subject} has {left} left with calls "
-            f"in flight, not enough for this call; retry when they finish",
-            retry_after_s=IN_FLIGHT_RETRY_S,
-            budget_id=ledger.budget_id,
-        )
-    if standing.usable_tokens is not None and (
-        standing.own_tokens + est_tokens > standing.usable_tokens
-    ):
-        return _share_refusal(ledger)
-    if standing.usable_usd is not None and (standing.own_usd + est_usd > standing.usable_usd):
-        return _share_refusal(ledger)
-    return None
-
-
-def _share_refusal(ledger: Ledger) -> ShareExhausted:
-    return ShareExhausted(
-        f"budget {ledger.budget_id!r} for {ledger.subject} is being spent through other "
-        f"gateway instances too, and this one's share of what is left is in use; retry "
-        f"in a moment",
-        retry_after_s=IN_FLIGHT_RETRY_S,
-        budget_id=ledger.budget_id,
-    )
-
-
-def _over(ledger: Ledger, tokens: int, usd: Decimal, est_tokens: int, est_usd: Decimal) -> bool:
-    """Spent already (at the limit counts as spent), or this call would go past the limit."""
-    limit_tokens, limit_usd = ledger.limit_tokens, ledger.limit_usd
-    if limit_tokens is not None and (tokens >= limit_tokens or tokens + est_tokens > limit_tokens):
-        return True
-    return limit_usd is not None and (usd >= limit_usd or usd + est_usd > limit_usd)
-
-
-def _refusal(
-    ledger: Ledger,
-    state: BudgetState | None,
-    tokens: int,
-    usd: Decimal,
-    estimate: tuple[int, Decimal] | None,
-    now: datetime,
-) -> BudgetExceeded:
-    reset = ledger.reset_time(state, now)
-    if estimate is None or _over(ledger, tokens, usd, 0, _ZERO):
-        standing = f"is spent ({_spend(ledger, tokens, usd)})"
-    else:
-        standing = f"has {_left(ledger, tokens, usd)} left, not enough for this call"
-    return BudgetExceeded(
-        f"budget {ledger.budget_id!r} for {ledger.subject} {standing}; "
-        f"it resets at {reset.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
-        retry_after_s=max(1.0, (reset - now).total_seconds()),
-        budget_id=ledger.budget_id,
-    )
-
-
-def _spend(ledger: Ledger, tokens: int, usd: Decimal) -> str:
-    """``1,000,000 of 1,000,000 tokens``, naming the limit that is reached."""
-    limit_tokens, limit_usd = ledger.limit_tokens, ledger.limit_usd
-    if limit_tokens is not None and (tokens >= limit_tokens or limit_usd is None):
-        return f"{tokens:,} of {limit_tokens:,} tokens"
-    if limit_usd is not None:
-        return f"{_usd(usd)} of {_usd(limit_usd)}"
-    return f"{tokens:,} tokens"
-
-
-def _left(ledger: Ledger, tokens: int, usd: Decimal) -> str:
-    parts = []
-    if ledger.limit_tokens is not None:
-        parts.append(f"{max(ledger.limit_tokens - tokens, 0):,} of {ledger.limit_tokens:,} tokens")
-    if ledger.limit_usd is not None:
-        parts.append(f"{_usd(max(ledger.limit_usd - usd, _ZERO))} of {_usd(ledger.limit_usd)}")
-    return " and ".join(parts)
-
-
-def _usd(amount: Decimal) -> str:
-    cents = amount.quantize(Decimal("0.01"))
-    return f"${cents:,}" if cents == amount else f"${amount.normalize():,f}"
-
-
-def _tightest(
-    standings: list[_Standing], est_tokens: int, est_usd: Decimal, now: datetime
-) -> BudgetHeadroom:
-    """The headroom of the budget with the smallest fraction left, this call included."""
-    best: BudgetHeadroom = NO_BUDGET
-    best_fraction = 2.0
-    for standing in standings:
-        ledger = standing.ledger
-        used_tokens = standing.used_tokens + standing.held_tokens + est_tokens
-        used_usd = standing.used_usd + standing.held_usd + est_usd
-        fraction = 1.0
-        remaining_tokens = remaining_usd = None
-        limit_tokens, limit_usd = ledger.limit_tokens, ledger.limit_usd
-        if limit_tokens is not None:
-            remaining_tokens = max(limit_tokens - used_tokens, 0)
-            fraction = min(fraction, remaining_tokens / limit_tokens) if limit_tokens else 0.0
-        if limit_usd is not None:
-            remaining_usd = max(limit_usd - used_usd, _ZERO)
-            fraction = min(fraction, float(remaining_usd / limit_usd)) if limit_usd else 0.0
-        if fraction < best_fraction:
-            best_fraction = fraction
-            best = BudgetHeadroom(
-                remaining_tokens,
-                remaining_usd,
-                ledger.reset_time(standing.state, now),
-                ledger.budget_id,
-            )
-    return best

@@ -87,7 +87,7 @@ class Ledger:
         self.waiting_tokens = 0
         self.waiting_usd = ZERO_USD
         self.share_cache: tuple[Any, ...] | None = None
-        """(cut, state, what the others hold, what this instance may hold), as computed."""
+        """(cut, newest state, what the others hold, what this instance may hold), as computed."""
         self.reset_cache: tuple[int, datetime] | None = None
         """(second, reset time) of the window the definition gives, without a state."""
 

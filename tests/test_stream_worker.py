@@ -221,7 +221,7 @@ async def test_a_budget_spent_through_the_gateway_makes_the_gateway_refuse_the_n
         deadline = asyncio.get_running_loop().time() + 60
         while asyncio.get_running_loop().time() < deadline:
             raw = await client.chat.completions.with_raw_response.create(
-                model="gpt-4o-mini", messages=messages
+                model="gpt-4o-mini", messages=messages, max_tokens=16
             )
             if "x-tollgate-budget" in raw.headers:
                 break
@@ -232,7 +232,9 @@ async def test_a_budget_spent_through_the_gateway_makes_the_gateway_refuse_the_n
         refusal = None
         while refusal is None and served < 100:
             try:
-                await client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+                await client.chat.completions.create(
+                    model="gpt-4o-mini", messages=messages, max_tokens=16
+                )
                 served += 1
             except openai.RateLimitError as error:
                 refusal = error
