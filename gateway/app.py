@@ -16,6 +16,13 @@ from gateway.auth import Authenticator
 from gateway.budget_book import BudgetBook
 from gateway.budget_feed import BudgetFeed
 from gateway.emitter import UsageEmitter
+from gateway.endpoints import (
+    AI_ENDPOINTS,
+    MODEL_LIST_PATHS,
+    Endpoint,
+    guess_dialect,
+    guess_operation,
+)
 from gateway.errors import Dialect, GatewayError, MethodNotAllowed, NotFound, error_body
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
@@ -25,20 +32,11 @@ from gateway.routing import Router
 from gateway.spend import SpendEstimator
 from gateway.spool import Spool
 from gateway.upstream_client import UpstreamClient
-from tollgate.contract import Operation
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
 
 PROXY = web.AppKey("proxy", Proxy)
 FEED = web.AppKey("feed", BudgetFeed)
-
-_ENDPOINTS = {
-    "/v1/chat/completions": (Operation.CHAT, Dialect.OPENAI),
-    "/v1/completions": (Operation.COMPLETIONS, Dialect.OPENAI),
-    "/v1/embeddings": (Operation.EMBEDDINGS, Dialect.OPENAI),
-    "/v1/responses": (Operation.RESPONSES, Dialect.OPENAI),
-    "/v1/messages": (Operation.MESSAGES, Dialect.ANTHROPIC),
-}
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,8 @@ def create_app(parts: GatewayParts) -> web.Application:
     app[FEED] = feed
     _watch_components(metrics, emitter, feed)
 
-    for path, (operation, dialect) in _ENDPOINTS.items():
-        app.router.add_post(path, _call_handler(proxy, operation, dialect))
+    for path, endpoint in AI_ENDPOINTS.items():
+        app.router.add_post(path, _call_handler(proxy, endpoint))
     app.router.add_get("/v1/models", _models_handler(proxy))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -102,9 +100,11 @@ async def _lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
     await proxy.upstream.close()
 
 
-def _call_handler(proxy: Proxy, operation: Operation, dialect: Dialect):  # type: ignore[no-untyped-def]
+def _call_handler(proxy: Proxy, endpoint: Endpoint):  # type: ignore[no-untyped-def]
+    operation, dialect = endpoint.operation, endpoint.dialect
+
     async def handle(request: web.Request) -> web.StreamResponse:
-        return await proxy.handle(request, operation, dialect)
+        return await proxy.handle(request, operation, dialect, endpoint)
 
     return handle
 
@@ -134,15 +134,17 @@ def _models_handler(proxy: Proxy):  # type: ignore[no-untyped-def]
 
 
 async def _no_such_endpoint(request: web.Request) -> web.Response:
-    """Unknown paths and wrong methods, answered as OpenAI or Anthropic would."""
-    dialect = Dialect.ANTHROPIC if request.path.startswith("/v1/messages") else Dialect.OPENAI
-    known = request.path in _ENDPOINTS or request.path == "/v1/models"
+    """Unknown paths and wrong methods, answered as OpenAI or Anthropic would; a caller
+    with valid credentials gets a usage event for it, like any other call."""
+    path = request.path
+    dialect = guess_dialect(path, "anthropic-version" in request.headers)
+    known = path in AI_ENDPOINTS or path in MODEL_LIST_PATHS
     error: GatewayError = (
-        MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        MethodNotAllowed(f"{request.method} is not allowed on {path}")
         if known
-        else NotFound(f"unknown endpoint {request.method} {request.path}")
+        else NotFound(f"unknown endpoint {request.method} {path}")
     )
-    return web.json_response(error_body(error, dialect), status=error.http_status)
+    return await request.app[PROXY].refuse_unrouted(request, error, guess_operation(path), dialect)
 
 
 async def _healthz(request: web.Request) -> web.Response:

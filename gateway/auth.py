@@ -30,9 +30,10 @@ auth:
     jwks_cache_s: 300
 ```
 
-A caller sends ``Authorization: Bearer <credential>`` (the OpenAI and Anthropic SDKs'
-way) or ``x-api-key: <credential>``. A credential shaped like a JWT goes to the JWT
-verifier when one is configured; anything else is looked up as an API key.
+A caller sends ``Authorization: Bearer <credential>`` (the OpenAI SDK's way),
+``x-api-key: <credential>`` (Anthropic's) or ``api-key: <credential>`` (Azure OpenAI's).
+A credential shaped like a JWT goes to the JWT verifier when one is configured; anything
+else is looked up as an API key.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ from gateway.errors import Unauthenticated
 from gateway.jwt_auth import JwtVerifier, symmetric_or_unknown
 from gateway.principal import Principal, RateLimit
 
-MISSING_CREDENTIALS = "missing API key: send `Authorization: Bearer <key>` or `x-api-key`"
+MISSING_CREDENTIALS = (
+    "missing API key: send `Authorization: Bearer <key>`, `x-api-key` or `api-key`"
+)
 INVALID_API_KEY = "invalid API key"
 
 _JWT_SHAPE = re.compile(r"^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$")
@@ -179,15 +182,16 @@ class Authenticator:
 
 
 def _credential(headers: Mapping[str, str]) -> str:
-    """The caller's secret: the Bearer token, else ``x-api-key``."""
+    """The caller's secret: the Bearer token, else ``x-api-key``, else ``api-key``."""
     authorization = _header(headers, "authorization")
     if authorization:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    api_key = (_header(headers, "x-api-key") or "").strip()
-    if api_key:
-        return api_key
+    for name in ("x-api-key", "api-key"):  # Anthropic's header, Azure OpenAI's header
+        api_key = (_header(headers, name) or "").strip()
+        if api_key:
+            return api_key
     if authorization and authorization.strip().partition(" ")[0].lower() != "bearer":
         raise Unauthenticated("unsupported Authorization scheme: send `Bearer <key>`")
     raise Unauthenticated(MISSING_CREDENTIALS)

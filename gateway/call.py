@@ -30,6 +30,8 @@ class Call:
     http_status: int = 200
     ttft_ms: float | None = None
     streamed: bool = False
+    upstream_path: str | None = None
+    """The canonical ``/v1`` path the call is forwarded as, when it came by another door."""
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started_mono) * 1000

@@ -29,6 +29,7 @@ from gateway.auth import Authenticator
 from gateway.budget_book import BudgetBook, Reservation
 from gateway.call import Call
 from gateway.emitter import UsageEmitter
+from gateway.endpoints import DEPLOYMENT, Endpoint
 from gateway.errors import (
     Dialect,
     GatewayError,
@@ -46,10 +47,10 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
 from gateway.response_headers import LimitHeaders
-from gateway.routes import BackendConfig, RoutesConfig
+from gateway.routes import BackendConfig, RoutesConfig, model_of_deployment
 from gateway.routing import Router
 from gateway.spend import SpendEstimator
-from gateway.sse import SSEFramer, parse_event
+from gateway.sse import SSEFramer, parse_event, without_null_usage
 from gateway.upstream import client_headers, upstream_headers, upstream_url
 from gateway.upstream_client import (
     UpstreamBrokeOff,
@@ -101,7 +102,11 @@ class Proxy:
         }
 
     async def handle(
-        self, request: web.Request, operation: Operation, dialect: Dialect
+        self,
+        request: web.Request,
+        operation: Operation,
+        dialect: Dialect,
+        endpoint: Endpoint | None = None,
     ) -> web.StreamResponse:
         call = Call(operation, dialect)
         reservation = None
@@ -109,6 +114,10 @@ class Proxy:
         try:
             call.principal = await self.authenticator.authenticate(request.headers)
             payload, raw = await self._read_json(request)
+            if endpoint is not None:
+                call.upstream_path = endpoint.upstream_path
+                if endpoint.by_deployment:
+                    payload, raw = self._model_of_deployment(request, payload, raw)
             model = payload.get("model")
             if not isinstance(model, str) or not model:
                 raise InvalidRequest("`model` is required and must be a string", param="model")
@@ -154,6 +163,32 @@ class Proxy:
             return self._refuse(call, error, limits)
         finally:
             self._settle(call, reservation)
+
+    async def refuse_unrouted(
+        self, request: web.Request, error: GatewayError, operation: Operation, dialect: Dialect
+    ) -> web.Response:
+        """Answer a path the gateway does not serve; a caller with valid credentials gets
+        the call's one usage event too, so failing clients show in the reports."""
+        call = Call(operation, dialect)
+        limits = LimitHeaders(request_id=str(call.event_id))
+        try:
+            call.principal = await self.authenticator.authenticate(request.headers)
+        except GatewayError:
+            return web.json_response(error_body(error, dialect), status=error.http_status)
+        try:
+            return self._refuse(call, error, limits)
+        finally:
+            self._settle(call, None)
+
+    def _model_of_deployment(
+        self, request: web.Request, payload: dict[str, Any], raw: bytes
+    ) -> tuple[dict[str, Any], bytes]:
+        """An Azure deployment path's model, written into the body for the backend."""
+        model = model_of_deployment(self.routes, request.match_info[DEPLOYMENT])
+        if payload.get("model") == model:
+            return payload, raw
+        payload = {**payload, "model": model}
+        return payload, _json_encode(payload)
 
     def _refuse(self, call: Call, error: GatewayError, limits: LimitHeaders) -> web.Response:
         call.status, call.http_status = error.status, error.http_status
@@ -281,7 +316,9 @@ class Proxy:
             started = time.monotonic()
             try:
                 upstream = await self.upstream.post(
-                    self._upstream_url(backend, request.path, call.request_model or ""),
+                    self._upstream_url(
+                        backend, call.upstream_path or request.path, call.request_model or ""
+                    ),
                     body,
                     upstream_headers(
                         backend, request.headers, self.secrets.get(backend.name)
@@ -382,8 +419,10 @@ class Proxy:
                     usage_only = reader.observe(data)
                     if reader.first_token_seen:
                         call.mark_first_token()
-                    if not (injected_usage and usage_only):
+                    if not injected_usage:
                         out.append(event)
+                    elif not usage_only:
+                        out.append(without_null_usage(event))
                 if out:
                     await response.write(b"".join(out))
             rest = framer.rest()

@@ -22,6 +22,8 @@ backends:
 models:
   gpt-4o: [openai-primary, azure-east]
   "llama-*": [vllm]              # fnmatch patterns; exact names win
+deployments:                     # Azure OpenAI clients: deployment name → model
+  gpt4o-prod: gpt-4o             # unlisted deployment names are taken as model names
 auth: {...}                      # see gateway/auth.py
 ```
 """
@@ -107,6 +109,9 @@ class RoutesConfig(_Strict):
 
     backends: list[BackendConfig]
     models: dict[str, list[str]]
+    deployments: dict[str, str] = {}
+    """Azure OpenAI clients' deployment names → the model each stands for; a deployment
+    name not listed here is taken as a model name."""
     auth: AuthConfig = AuthConfig()
     _by_name: dict[str, BackendConfig] = PrivateAttr(default_factory=dict)
 
@@ -125,6 +130,9 @@ class RoutesConfig(_Strict):
             families = {self.backend(name).kind.api_family for name in backends}
             if len(families) > 1:
                 raise ValueError(f"model {model!r} mixes OpenAI and Anthropic backends")
+        for deployment, model in self.deployments.items():
+            if self.backends_for(model) is None:
+                raise ValueError(f"deployment {deployment!r} names unrouted model {model!r}")
         return self
 
     def backend(self, name: str) -> BackendConfig:
@@ -136,6 +144,11 @@ class RoutesConfig(_Strict):
         if names is None:
             names = next((v for k, v in self.models.items() if fnmatch.fnmatchcase(model, k)), None)
         return None if names is None else [self.backend(name) for name in names]
+
+
+def model_of_deployment(routes: RoutesConfig, deployment: str) -> str:
+    """The model an Azure client means by ``deployment``."""
+    return routes.deployments.get(deployment, deployment)
 
 
 def load_routes(path: Path) -> RoutesConfig:
