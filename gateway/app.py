@@ -19,12 +19,19 @@ from gateway.emitter import UsageEmitter
 from gateway.endpoints import (
     AI_ENDPOINTS,
     MODEL_LIST_PATHS,
+    MODEL_PATHS,
     Endpoint,
     guess_dialect,
     guess_operation,
 )
-from gateway.errors import Dialect, GatewayError, MethodNotAllowed, NotFound, error_body
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.metrics import GatewayMetrics
+from gateway.model_api import (
+    count_tokens_handler,
+    list_models_handler,
+    retrieve_model_handler,
+)
+from gateway.model_list import ModelDirectory
 from gateway.proxy import Proxy
 from gateway.rate_limit import RateLimiter
 from gateway.routes import RoutesConfig
@@ -81,7 +88,12 @@ def create_app(parts: GatewayParts) -> web.Application:
 
     for path, endpoint in AI_ENDPOINTS.items():
         app.router.add_post(path, _call_handler(proxy, endpoint))
-    app.router.add_get("/v1/models", _models_handler(proxy))
+    directory = ModelDirectory(parts.routes, dict(parts.secrets))
+    for path in MODEL_LIST_PATHS:
+        app.router.add_get(path, list_models_handler(proxy, directory))
+    for path in MODEL_PATHS:
+        app.router.add_get(path, retrieve_model_handler(proxy, directory))
+    app.router.add_post("/v1/messages/count_tokens", count_tokens_handler(proxy))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics_handler(metrics))
@@ -107,30 +119,6 @@ def _call_handler(proxy: Proxy, endpoint: Endpoint):  # type: ignore[no-untyped-
         return await proxy.handle(request, operation, dialect, endpoint)
 
     return handle
-
-
-def _models_handler(proxy: Proxy):  # type: ignore[no-untyped-def]
-    async def models(request: web.Request) -> web.Response:
-        try:
-            principal = await proxy.authenticator.authenticate(request.headers)
-        except GatewayError as error:
-            return web.json_response(error_body(error, Dialect.OPENAI), status=error.http_status)
-        names = [
-            name
-            for name in proxy.routes.models
-            if not any(c in name for c in "*?[") and principal.may_use(name)
-        ]
-        return web.json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": name, "object": "model", "created": 0, "owned_by": "tollgate"}
-                    for name in names
-                ],
-            }
-        )
-
-    return models
 
 
 async def _no_such_endpoint(request: web.Request) -> web.Response:

@@ -60,7 +60,8 @@ AI_ENDPOINTS: dict[str, Endpoint] = _build()
 """Route pattern (aiohttp syntax) → what it serves; every POST the gateway meters."""
 
 MODEL_LIST_PATHS = ("/v1/models", "/models", "/openai/v1/models", "/openai/models")
-MODEL_PATHS = tuple(f"{path}/{{model_id}}" for path in MODEL_LIST_PATHS)
+MODEL_PATHS = tuple(f"{path}/{{model_id:.+}}" for path in MODEL_LIST_PATHS)
+"""Model ids may hold slashes (``meta-llama/Llama-3.1-8B``)."""
 
 
 def guess_operation(path: str) -> Operation:

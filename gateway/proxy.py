@@ -256,6 +256,14 @@ class Proxy:
             extra={"fields": {"backend": backend, "reason": reason}},
         )
 
+    async def read_json(self, request: web.Request) -> tuple[dict[str, Any], bytes]:
+        """A request's JSON object body, checked as an AI call's is (415, 413, 400)."""
+        return await self._read_json(request)
+
+    def backends_for(self, model: str, dialect: Dialect) -> list[BackendConfig]:
+        """The backends an AI call to ``model`` in ``dialect`` goes to, or ModelNotFound."""
+        return self._backends_for(model, dialect)
+
     async def _read_json(self, request: web.Request) -> tuple[dict[str, Any], bytes]:
         if request.content_type != "application/json":
             raise UnsupportedMediaType(
@@ -281,7 +289,7 @@ class Proxy:
     def _backends_for(self, model: str, dialect: Dialect) -> list[BackendConfig]:
         backends = self._exact_routes.get(model) or self.routes.backends_for(model)
         family = "anthropic" if dialect is Dialect.ANTHROPIC else "openai"
-        if not backends or backends[0].kind.api_family != family:
+        if not backends or not backends[0].kind.serves(family, model):
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
         return backends
 

@@ -57,9 +57,27 @@ class BackendKind(StrEnum):
     OPENAI_COMPATIBLE = "openai_compatible"
     """vLLM, Ollama, LM Studio and any server speaking OpenAI's API."""
 
+    BEDROCK = "bedrock"
+    """AWS Bedrock: Claude in Anthropic's dialect, every model in OpenAI's (Converse)."""
+
     @property
-    def api_family(self) -> str:
+    def api_family(self) -> str | None:
+        """The one API dialect this kind speaks; None for Bedrock, which speaks both."""
+        if self is BackendKind.BEDROCK:
+            return None
         return "anthropic" if self is BackendKind.ANTHROPIC else "openai"
+
+    def serves_anthropic(self, model: str) -> bool:
+        """Whether a call in Anthropic's dialect to ``model`` can go to this kind."""
+        if self is BackendKind.BEDROCK:
+            return "anthropic." in model or model.startswith("claude")
+        return self is BackendKind.ANTHROPIC
+
+    def serves(self, family: str, model: str) -> bool:
+        """Whether a call in ``family``'s dialect (openai, anthropic) to ``model`` fits."""
+        if family == "anthropic":
+            return self.serves_anthropic(model)
+        return self is not BackendKind.ANTHROPIC
 
 
 _PROVIDER_NAMES = {
@@ -92,6 +110,9 @@ class BackendConfig(_Strict):
     stream_usage: bool = True
     """Ask for ``stream_options.include_usage`` on streams; off for servers that refuse it
     (their streams are then metered by estimate)."""
+    models: list[str] | None = None
+    """The concrete model names this backend serves, for the models list of a pattern
+    routed to it; absent: asked of the backend's ``GET /v1/models`` where it has one."""
 
     @model_validator(mode="after")
     def _azure_needs_a_version(self) -> Self:
@@ -127,7 +148,7 @@ class RoutesConfig(_Strict):
             unknown = set(backends) - set(names)
             if unknown:
                 raise ValueError(f"model {model!r} names unknown backends {sorted(unknown)}")
-            families = {self.backend(name).kind.api_family for name in backends}
+            families = {self.backend(name).kind.api_family for name in backends} - {None}
             if len(families) > 1:
                 raise ValueError(f"model {model!r} mixes OpenAI and Anthropic backends")
         for deployment, model in self.deployments.items():
@@ -144,6 +165,12 @@ class RoutesConfig(_Strict):
         if names is None:
             names = next((v for k, v in self.models.items() if fnmatch.fnmatchcase(model, k)), None)
         return None if names is None else [self.backend(name) for name in names]
+
+    def route_key(self, model: str) -> str | None:
+        """The ``models`` entry that routes ``model``: its own name, or the first pattern."""
+        if model in self.models:
+            return model
+        return next((k for k in self.models if fnmatch.fnmatchcase(model, k)), None)
 
 
 def model_of_deployment(routes: RoutesConfig, deployment: str) -> str:
