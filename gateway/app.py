@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.auth import Authenticator
+from gateway.bedrock import BedrockBackends
 from gateway.budget_book import BudgetBook
 from gateway.budget_feed import BudgetFeed
 from gateway.emitter import UsageEmitter
@@ -81,6 +82,7 @@ def create_app(parts: GatewayParts) -> web.Application:
         metrics=metrics,
         upstream=UpstreamClient(),
         spend=SpendEstimator(load_catalog(settings.stream.price_catalog)),
+        bedrock=BedrockBackends.from_routes(parts.routes, parts.secrets),
     )
     app[PROXY] = proxy
     app[FEED] = feed

@@ -26,6 +26,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.auth import Authenticator
+from gateway.bedrock import BedrockBackends, Translation
 from gateway.budget_book import BudgetBook, Reservation
 from gateway.call import Call
 from gateway.emitter import UsageEmitter
@@ -47,7 +48,7 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
 from gateway.response_headers import LimitHeaders
-from gateway.routes import BackendConfig, RoutesConfig, model_of_deployment
+from gateway.routes import BackendConfig, BackendKind, RoutesConfig, model_of_deployment
 from gateway.routing import Router
 from gateway.spend import SpendEstimator
 from gateway.sse import SSEFramer, parse_event, without_null_usage
@@ -90,6 +91,7 @@ class Proxy:
     metrics: GatewayMetrics
     upstream: UpstreamClient
     spend: SpendEstimator | None = None
+    bedrock: BedrockBackends = field(default_factory=lambda: BedrockBackends({}))
     _exact_routes: dict[str, list[BackendConfig]] = field(init=False)
     _urls: dict[tuple[str, str, str], URL] = field(init=False, default_factory=dict)
 
@@ -234,6 +236,16 @@ class Proxy:
             self.metrics.metering_faults.inc()
             log.exception("metrics failed for call %s", call.event_id)
 
+    def _bedrock_call(
+        self, backend: BackendConfig, call: Call, payload: dict[str, Any]
+    ) -> Translation | None:
+        """For a Bedrock backend, the signed request in Bedrock's API (None for others)."""
+        if backend.kind is not BackendKind.BEDROCK:
+            return None
+        return self.bedrock.prepare(
+            backend, call.operation, call.dialect, call.request_model or "", payload, call.streamed
+        )
+
     def _upstream_url(self, backend: BackendConfig, path: str, model: str) -> URL:
         """The backend URL as a parsed ``URL``, remembered (parsing it is not free)."""
         key = (backend.name, path, model)
@@ -316,6 +328,7 @@ class Proxy:
         failure: GatewayError | None = None
         refused: tuple[int, bytes, Any] | None = None
         for backend in self.router.candidates(backends):
+            translation = self._bedrock_call(backend, call, payload)
             if not self.router.begin_attempt(backend.name):
                 continue
             call.backend, call.provider = backend.name, backend.provider_name
@@ -326,11 +339,15 @@ class Proxy:
                 upstream = await self.upstream.post(
                     self._upstream_url(
                         backend, call.upstream_path or request.path, call.request_model or ""
-                    ),
-                    body,
+                    )
+                    if translation is None
+                    else translation.url,
+                    body if translation is None else translation.body,
                     upstream_headers(
                         backend, request.headers, self.secrets.get(backend.name)
-                    ).items(),
+                    ).items()
+                    if translation is None
+                    else translation.headers,
                     connect_timeout_s=backend.connect_timeout_s,
                     timeout_s=backend.timeout_s,
                     streamed=call.streamed,
@@ -354,6 +371,8 @@ class Proxy:
             if upstream.status in _RETRYABLE:
                 self._backend_failed(backend.name, f"HTTP {upstream.status}")
                 body = await _read_quietly(upstream)
+                if translation is not None:
+                    body = translation.answer(upstream.status, body, _error_type(upstream))
                 refused = (upstream.status, body, upstream.header_pairs)
                 upstream.release()
                 continue
@@ -361,9 +380,9 @@ class Proxy:
             try:
                 if call.streamed and upstream.status == 200:
                     return await self._relay_stream(
-                        request, call, upstream, payload, injected_usage, limits
+                        request, call, upstream, payload, injected_usage, limits, translation
                     )
-                return await self._relay_body(call, upstream, payload, limits)
+                return await self._relay_body(call, upstream, payload, limits, translation)
             finally:
                 elapsed_s = time.monotonic() - started
                 self.metrics.observe_upstream(backend.name, elapsed_s)
@@ -386,9 +405,12 @@ class Proxy:
         upstream: UpstreamResponse,
         payload: dict[str, Any],
         limits: LimitHeaders,
+        translation: Translation | None = None,
     ) -> web.Response:
         try:
             body = await upstream.read()
+            if translation is not None:
+                body = translation.answer(upstream.status, body, _error_type(upstream))
         except TimeoutError:
             raise UpstreamTimeout(f"backend {call.backend} did not answer in time") from None
         except UpstreamError as error:
@@ -397,6 +419,9 @@ class Proxy:
         if upstream.status < 300:
             usage, call.response_model = usage_from_body(body, call.dialect is Dialect.ANTHROPIC)
             call.usage = usage or estimated_usage(payload, response_chars(body))
+            if translation is not None:
+                call.response_model = translation.model_id
+                call.usage = translation.usage or call.usage
         else:
             call.status = Status.UPSTREAM_ERROR
         headers = client_headers(upstream.header_pairs)
@@ -411,16 +436,21 @@ class Proxy:
         payload: dict[str, Any],
         injected_usage: bool,
         limits: LimitHeaders,
+        translation: Translation | None = None,
     ) -> web.StreamResponse:
         headers = client_headers(upstream.header_pairs)
         headers.update(limits.render(call))
+        chunks = upstream.chunks()
+        if translation is not None:
+            headers["content-type"] = "text/event-stream"
+            chunks = translation.sse(chunks)
         response = _StreamResponse(status=upstream.status, headers=headers)
         reader = StreamUsage(call.operation)
         framer = SSEFramer()
         call.http_status = upstream.status
         try:
             await response.prepare(request)
-            async for chunk in upstream.chunks():
+            async for chunk in chunks:
                 out = []
                 for event in framer.feed(chunk):
                     _, data = parse_event(event)
@@ -453,6 +483,9 @@ class Proxy:
             if reader.error_seen and call.status is Status.OK:
                 call.status = Status.UPSTREAM_ERROR
             call.usage = reader.settle(payload)
+            if translation is not None:
+                call.response_model = translation.model_id
+                call.usage = translation.usage or call.usage
         return response
 
 
@@ -505,6 +538,11 @@ def _output_cap(payload: dict[str, Any]) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return 0
+
+
+def _error_type(upstream: UpstreamResponse) -> str | None:
+    """AWS's error type header (``ThrottlingException:http://...``), when present."""
+    return next((v for k, v in upstream.header_pairs if k.lower() == "x-amzn-errortype"), None)
 
 
 def _upstream_error(error: BaseException, backend: str) -> GatewayError:

@@ -6,7 +6,7 @@ caller passes the environment in, so this module reads none itself.
 ```yaml
 backends:
   - name: openai-primary
-    kind: openai                 # openai | azure | anthropic | openai_compatible
+    kind: openai                 # openai | azure | anthropic | openai_compatible | bedrock
     base_url: https://api.openai.com
     api_key_env: OPENAI_API_KEY
     timeout_s: 120
@@ -19,6 +19,10 @@ backends:
     api_version: "2024-10-21"
     deployments: {gpt-4o: gpt4o-prod}
     priority: 1
+  - name: bedrock-us
+    kind: bedrock                # SigV4 by the standard AWS credential chain, or
+    region: us-east-1            #   api_key_env: AWS_BEARER_TOKEN_BEDROCK (a Bedrock API key)
+    deployments: {claude-sonnet-4: us.anthropic.claude-sonnet-4-20250514-v1:0}
 models:
   gpt-4o: [openai-primary, azure-east]
   "llama-*": [vllm]              # fnmatch patterns; exact names win
@@ -34,7 +38,7 @@ import fnmatch
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 import yaml
 from pydantic import (
@@ -84,6 +88,7 @@ _PROVIDER_NAMES = {
     BackendKind.OPENAI: "openai",
     BackendKind.AZURE: "azure.ai.openai",
     BackendKind.ANTHROPIC: "anthropic",
+    BackendKind.BEDROCK: "aws.bedrock",
 }
 
 
@@ -106,13 +111,26 @@ class BackendConfig(_Strict):
     """OTel provider name for events; defaults by kind (openai_compatible: its name)."""
     api_version: str | None = None
     deployments: dict[str, str] = {}
-    """Azure: model name → deployment name (default: the model name)."""
+    """Azure: model name → deployment name; Bedrock: model name → model id or inference
+    profile id (default: the model name)."""
+    region: str | None = None
+    """Bedrock: the AWS region; ``base_url`` defaults to its runtime endpoint."""
     stream_usage: bool = True
     """Ask for ``stream_options.include_usage`` on streams; off for servers that refuse it
     (their streams are then metered by estimate)."""
     models: list[str] | None = None
     """The concrete model names this backend serves, for the models list of a pattern
     routed to it; absent: asked of the backend's ``GET /v1/models`` where it has one."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bedrock_endpoint_by_region(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == BackendKind.BEDROCK.value:
+            region = data.get("region")
+            if not isinstance(region, str) or not region:
+                raise ValueError(f"backend {data.get('name')!r}: a bedrock backend needs region")
+            data.setdefault("base_url", f"https://bedrock-runtime.{region}.amazonaws.com")
+        return data
 
     @model_validator(mode="after")
     def _azure_needs_a_version(self) -> Self:

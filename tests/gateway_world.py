@@ -162,6 +162,7 @@ def start_gateway(
     routes: RoutesConfig,
     spool_dir: Path,
     read: bool = True,
+    secrets: dict[str, str] | None = None,
     **gateway: Any,
 ) -> GatewayWorld:
     """Serve a gateway on loopback; with ``read``, also read back what it emits."""
@@ -169,7 +170,7 @@ def start_gateway(
         kafka=kafka,
         gateway=GatewaySettings(spool_dir=spool_dir, **gateway),
     )
-    parts = GatewayParts(settings, routes, {}, broker)
+    parts = GatewayParts(settings, routes, secrets or {}, broker)
     server = AppServer(lambda: create_app(parts)).start()
     world = GatewayWorld(kafka, broker, topics, server)
     if read:
