@@ -15,10 +15,12 @@ auth:
       allowed_models: [gpt-4o]     # omit: every configured model
       rate_limit: {calls: 60, renewal_period_s: 60}
       tags: {env: prod}
-  jwt:                             # optional: tokens from an identity provider
-    issuer: https://login.example.com/
+  jwt:                             # optional: tokens from an identity provider (or a list
+    issuer: https://login.example.com/   #   of issuers, each token going by its iss)
     audience: tollgate             # or a list
-    jwks_url: https://login.example.com/.well-known/jwks.json   # or jwks_file
+    jwks_url: https://login.example.com/.well-known/jwks.json   # or jwks_file, or
+    # openid_config_url: https://login.microsoftonline.com/<tid>/v2.0/.well-known/openid-configuration
+    #   (issuer and jwks_uri read from it; issuer may then be left out)
     algorithms: [RS256, ES256]     # asymmetric only
     leeway_s: 30
     tenant_claim: tenant           # required in every token
@@ -26,6 +28,7 @@ auth:
     user_claim: sub
     models_claim: models           # optional: a list of model names
     required_claims: [email]
+    required_claim_values: {roles: [Gateway.User, Gateway.Admin]}   # any one of them
     rate_limit: {calls: 600, renewal_period_s: 60}
     jwks_cache_s: 300
 ```
@@ -48,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.errors import Unauthenticated
 from gateway.jwt_auth import JwtVerifier, symmetric_or_unknown
+from gateway.oidc import JwtIssuers
 from gateway.principal import Principal, RateLimit
 
 MISSING_CREDENTIALS = (
@@ -111,10 +115,13 @@ class ApiKeyConfig(_Strict):
 class JwtConfig(_Strict):
     """Tokens from one issuer, verified against its published public keys (JWKS)."""
 
-    issuer: Annotated[str, Field(min_length=1)]
+    issuer: Annotated[str, Field(min_length=1)] | None = None
+    """Required, unless read from ``openid_config_url``."""
     audience: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)]
     jwks_file: Path | None = None
     jwks_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    openid_config_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """An OpenID Provider's discovery document: issuer and jwks_uri are read from it."""
     algorithms: Annotated[list[str], Field(min_length=1)] = ["RS256", "ES256"]
     leeway_s: Annotated[float, Field(ge=0)] = 30.0
     tenant_claim: Annotated[str, Field(min_length=1)] = "tenant"
@@ -123,6 +130,8 @@ class JwtConfig(_Strict):
     models_claim: str | None = None
     """A claim listing the models the caller may use; absent from a token: every model."""
     required_claims: list[str] = []
+    required_claim_values: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
+    """Claim → accepted values: the claim (or an item of a list claim) must be one of them."""
     rate_limit: RateLimitConfig | None = None
     """Applies to each JWT subject separately."""
     jwks_cache_s: Annotated[float, Field(gt=0)] = 300.0
@@ -138,8 +147,11 @@ class JwtConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_key_source(self) -> Self:
-        if (self.jwks_file is None) == (self.jwks_url is None):
-            raise ValueError("give exactly one of jwks_file and jwks_url")
+        sources = (self.jwks_file, self.jwks_url, self.openid_config_url)
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("give exactly one of jwks_file and jwks_url (or openid_config_url)")
+        if self.issuer is None and self.openid_config_url is None:
+            raise ValueError("issuer is required unless openid_config_url names it")
         return self
 
 
@@ -147,7 +159,8 @@ class AuthConfig(_Strict):
     """The routes file's ``auth`` section. Empty: every request is refused."""
 
     api_keys: list[ApiKeyConfig] = []
-    jwt: JwtConfig | None = None
+    jwt: JwtConfig | list[JwtConfig] | None = None
+    """One trusted issuer, or several side by side (tokens go by their ``iss``)."""
 
     @model_validator(mode="after")
     def _keys_are_unique(self) -> Self:
@@ -169,7 +182,13 @@ class Authenticator:
 
     def __init__(self, config: AuthConfig, *, clock: Callable[[], float] | None = None) -> None:
         self._by_hash = {key.key_sha256: key.principal() for key in config.api_keys}
-        self._jwt = None if config.jwt is None else JwtVerifier(config.jwt, clock=clock)
+        issuers = [] if config.jwt is None else config.jwt
+        issuers = issuers if isinstance(issuers, list) else [issuers]
+        self._jwt = (
+            JwtIssuers([JwtVerifier(issuer, clock=clock) for issuer in issuers])
+            if issuers
+            else None
+        )
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         credential = _credential(headers)
