@@ -15,6 +15,7 @@ auth:
       allowed_models: [gpt-4o]     # omit: every configured model
       rate_limit: {calls: 60, renewal_period_s: 60}
       tags: {env: prod}
+      token_budget: {header: X-Token-Budget, default: 10000, ceiling: 50000}   # per call
   jwt:                             # optional: tokens from an identity provider (or a list
     issuer: https://login.example.com/   #   of issuers, each token going by its iss)
     audience: tollgate             # or a list
@@ -52,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.errors import Unauthenticated
 from gateway.jwt_auth import JwtVerifier, symmetric_or_unknown
 from gateway.oidc import JwtIssuers
-from gateway.principal import Principal, RateLimit
+from gateway.principal import Principal, RateLimit, TokenBudgetPolicy
 
 MISSING_CREDENTIALS = (
     "missing API key: send `Authorization: Bearer <key>`, `x-api-key` or `api-key`"
@@ -80,6 +81,23 @@ class RateLimitConfig(_Strict):
         return RateLimit(calls=self.calls, renewal_period_s=self.renewal_period_s)
 
 
+class TokenBudgetConfig(_Strict):
+    """The per-call ``X-Token-Budget`` rule of one key (see ``gateway.token_budget``)."""
+
+    header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")] = "X-Token-Budget"
+    default: Annotated[int, Field(gt=0)] = 10_000
+    ceiling: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _default_within_ceiling(self) -> Self:
+        if self.ceiling is not None and self.default > self.ceiling:
+            raise ValueError(f"default {self.default} is over the ceiling {self.ceiling}")
+        return self
+
+    def to_policy(self) -> TokenBudgetPolicy:
+        return TokenBudgetPolicy(header=self.header, default=self.default, ceiling=self.ceiling)
+
+
 class ApiKeyConfig(_Strict):
     """One API key, known by the hash of its secret."""
 
@@ -92,6 +110,7 @@ class ApiKeyConfig(_Strict):
     allowed_models: list[str] | None = None
     rate_limit: RateLimitConfig | None = None
     tags: dict[str, str] = {}
+    token_budget: TokenBudgetConfig | None = None
 
     @field_validator("key_sha256")
     @classmethod
@@ -109,6 +128,7 @@ class ApiKeyConfig(_Strict):
             allowed_models=None if self.allowed_models is None else frozenset(self.allowed_models),
             rate_limit=None if self.rate_limit is None else self.rate_limit.to_rate_limit(),
             tags=dict(self.tags),
+            token_budget=None if self.token_budget is None else self.token_budget.to_policy(),
         )
 
 

@@ -30,6 +30,8 @@ class Call:
     http_status: int = 200
     ttft_ms: float | None = None
     streamed: bool = False
+    token_budget: int | None = None
+    """The per-call token budget the call ran under (``X-Token-Budget``)."""
     upstream_path: str | None = None
     """The canonical ``/v1`` path the call is forwarded as, when it came by another door."""
 
@@ -69,6 +71,7 @@ class Call:
             duration_ms=duration_ms,
             ttft_ms=self.ttft_ms,
             streamed=self.streamed,
+            token_budget=self.token_budget,
         )
 
 

@@ -121,15 +121,6 @@ class RateLimited(TooManyRequests):
         super().__init__(message, retry_after_s=retry_after_s)
         self.limit = limit
 
-    def headers(self) -> dict[str, str]:
-        """The same ``x-ratelimit-*-requests`` headers an admitted call gets, at zero."""
-        headers = super().headers()
-        if self.limit is not None:
-            headers["x-ratelimit-limit-requests"] = str(self.limit)
-            headers["x-ratelimit-remaining-requests"] = "0"
-            headers["x-ratelimit-reset-requests"] = f"{max(self.retry_after_s, 0.0):.3f}s"
-        return headers
-
 
 class BudgetExceeded(TooManyRequests):
     """A blocking token or dollar budget the call falls under is spent."""
@@ -140,15 +131,6 @@ class BudgetExceeded(TooManyRequests):
     def __init__(self, message: str, *, retry_after_s: float, budget_id: str) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
         self.budget_id = budget_id
-
-    def headers(self) -> dict[str, str]:
-        """The token headers an admitted call gets, at zero, naming the spent budget."""
-        return {
-            **super().headers(),
-            "x-ratelimit-remaining-tokens": "0",
-            "x-ratelimit-reset-tokens": f"{max(self.retry_after_s, 0.0):.3f}s",
-            "x-tollgate-budget": self.budget_id,
-        }
 
 
 class UpstreamFailed(GatewayError):

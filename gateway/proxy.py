@@ -47,11 +47,12 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
-from gateway.response_headers import LimitHeaders
+from gateway.response_headers import LimitHeaders, refusal_headers
 from gateway.routes import BackendConfig, BackendKind, RoutesConfig, model_of_deployment
 from gateway.routing import Router
 from gateway.spend import SpendEstimator
 from gateway.sse import SSEFramer, parse_event, without_null_usage
+from gateway.token_budget import apply_budget, budget_for
 from gateway.upstream import client_headers, upstream_headers, upstream_url
 from gateway.upstream_client import (
     UpstreamBrokeOff,
@@ -131,6 +132,8 @@ class Proxy:
             backends = self._backends_for(model, dialect)
             if not call.principal.may_use(model):
                 raise ModelNotAllowed(f"this key may not use model {model!r}", param="model")
+            if call.principal.token_budget is not None:
+                payload, raw = self._within_token_budget(request, call, payload, raw, backends)
             if call.principal.rate_limit is not None:
                 limits.requests = self.limiter.acquire(
                     call.principal.api_key_id, call.principal.rate_limit, time.monotonic()
@@ -182,6 +185,25 @@ class Proxy:
         finally:
             self._settle(call, None)
 
+    def _within_token_budget(
+        self,
+        request: web.Request,
+        call: Call,
+        payload: dict[str, Any],
+        raw: bytes,
+        backends: list[BackendConfig],
+    ) -> tuple[dict[str, Any], bytes]:
+        """The request with its output capped to the call's token budget (or refused)."""
+        policy = call.principal.token_budget if call.principal else None
+        assert policy is not None
+        call.token_budget = budget_for(policy, request.headers)
+        budgeted = apply_budget(
+            call.token_budget, policy, payload, call.operation, backends[0].kind
+        )
+        if not budgeted.changed:
+            return payload, raw
+        return budgeted.payload, _json_encode(budgeted.payload)
+
     def _model_of_deployment(
         self, request: web.Request, payload: dict[str, Any], raw: bytes
     ) -> tuple[dict[str, Any], bytes]:
@@ -197,7 +219,7 @@ class Proxy:
         return web.json_response(
             error_body(error, call.dialect),
             status=error.http_status,
-            headers={**error.headers(), **limits.render(call)},
+            headers={**error.headers(), **refusal_headers(error), **limits.render(call)},
         )
 
     def _settle(self, call: Call, reservation: Reservation | None) -> None:

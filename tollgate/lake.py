@@ -113,6 +113,7 @@ PRICED_SCHEMA = pa.schema(
         pa.field("duration_ms", pa.float64(), nullable=False),
         pa.field("ttft_ms", pa.float64()),
         pa.field("streamed", pa.bool_(), nullable=False),
+        pa.field("token_budget", pa.int64()),
         pa.field("input_cost_usd", MONEY, nullable=False),
         pa.field("cache_read_cost_usd", MONEY, nullable=False),
         pa.field("cache_creation_cost_usd", MONEY, nullable=False),

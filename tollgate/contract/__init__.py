@@ -19,13 +19,14 @@ from tollgate.contract.budgets import (
     subject_key,
 )
 from tollgate.contract.codec import decode, encode
-from tollgate.contract.priced import PricedEvent
+from tollgate.contract.priced import PricedEvent, PricedEventV1
 from tollgate.contract.record import Record
 from tollgate.contract.usage import (
     REJECTED_STATUSES,
     Operation,
     Status,
     UsageEvent,
+    UsageEventV1,
     UsageSource,
 )
 
@@ -43,10 +44,12 @@ __all__ = [
     "Dimension",
     "Operation",
     "PricedEvent",
+    "PricedEventV1",
     "Record",
     "Severity",
     "Status",
     "UsageEvent",
+    "UsageEventV1",
     "UsageSource",
     "WindowKind",
     "decode",

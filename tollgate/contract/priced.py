@@ -16,8 +16,12 @@ from tollgate.contract.usage import UsageEvent
 ZERO_USD = Decimal(0)
 
 
-class PricedEvent(UsageEvent, tag=1, kw_only=True):
-    """A usage event priced by the stream from the versioned price catalog."""
+class PricedEvent(UsageEvent, tag=2, kw_only=True):
+    """A usage event priced by the stream from the versioned price catalog.
+
+    Version 2 carries version 2 of the usage event; version 1 records are still read
+    (``PricedEventV1``).
+    """
 
     input_cost_usd: Decimal = ZERO_USD
     """Uncached input tokens at the input rate."""
@@ -81,3 +85,12 @@ class PricedEvent(UsageEvent, tag=1, kw_only=True):
             price_version=price_version,
             price_fallback=price_fallback,
         )
+
+
+class PricedEventV1(PricedEvent, tag=1, kw_only=True):
+    """A priced event as version 1 wrote it: no ``token_budget``. Read, never written."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.token_budget is not None:
+            invalid(self, "token_budget", "is not a field of schema_version 1")

@@ -73,11 +73,13 @@ HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=599)]
 Milliseconds = Annotated[float, msgspec.Meta(ge=0)]
 
 
-class UsageEvent(Record, tag=1, kw_only=True):
+class UsageEvent(Record, tag=2, kw_only=True):
     """One AI call, as the gateway saw it. Keyed on the topic by tenant.
 
     ``event_id`` is a UUIDv7 and the idempotency key: the gateway may deliver an event
     more than once (spool replay, producer retry); every consumer dedupes by it.
+
+    Version 2 added ``token_budget``; version 1 records are still read (``UsageEventV1``).
     """
 
     event_id: uuid.UUID
@@ -114,6 +116,8 @@ class UsageEvent(Record, tag=1, kw_only=True):
     ttft_ms: Milliseconds | None = None
     """Time to first token, for streamed calls."""
     streamed: bool = False
+    token_budget: NonNegativeInt | None = None
+    """The per-call token budget the call ran under (``X-Token-Budget``), if it had one."""
 
     def __post_init__(self) -> None:
         if self.event_id.version != 7:
@@ -148,3 +152,12 @@ class UsageEvent(Record, tag=1, kw_only=True):
     def uncached_input_tokens(self) -> int:
         """Input tokens billed at the full input rate."""
         return self.input_tokens - self.cache_read_input_tokens - self.cache_creation_input_tokens
+
+
+class UsageEventV1(UsageEvent, tag=1, kw_only=True):
+    """A usage event as version 1 wrote it: no ``token_budget``. Read, never written."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.token_budget is not None:
+            invalid(self, "token_budget", "is not a field of schema_version 1")
