@@ -15,11 +15,14 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+import yaml
 
 from gateway.auth import hash_api_key
-from gateway.routes import RoutesConfig
+from gateway.bedrock import BedrockBackends
+from gateway.routes import RoutesConfig, model_of_deployment
 from tests.gateway_world import GatewayWorld, start_gateway
 from tollgate.contract import Operation, Status, UsageSource
+from tollgate.errors import SettingsError
 from tollgate.fake_provider import FakeProvider, count_prompt_tokens
 from tollgate.fake_provider.bedrock import (
     FAKE_AWS_ACCESS_KEY_ID,
@@ -342,3 +345,48 @@ def test_a_wrong_aws_secret_fails_the_signature_check_and_no_answer_leaks(
         assert bedrock.stats()["total"] == 0  # refused before it was recorded
     finally:
         world.stop()
+
+
+def test_without_aws_credentials_or_an_api_key_the_gateway_does_not_start() -> None:
+    routes = bedrock_routes("http://127.0.0.1:9")
+    with pytest.raises(SettingsError, match="bedrock-us: no AWS credentials"):
+        BedrockBackends.from_routes(
+            routes, {"bedrock-by-key": FAKE_BEDROCK_API_KEY}, find_credentials=lambda: None
+        )
+    # With an API key for each Bedrock backend, no AWS credentials are looked for.
+    only_keys = RoutesConfig.model_validate(
+        {
+            "backends": [
+                {"name": "k", "kind": "bedrock", "region": "us-west-2", "api_key_env": "K"}
+            ],
+            "models": {"m": ["k"]},
+        }
+    )
+    assert only_keys.backend("k").base_url == "https://bedrock-runtime.us-west-2.amazonaws.com"
+    BedrockBackends.from_routes(only_keys, {"k": "key"}, find_credentials=lambda: None)
+
+
+def test_the_readme_routes_example_for_bedrock_and_azure_clients_is_a_valid_routes_file(
+    repo_root: Path,
+) -> None:
+    readme = (repo_root / "README.md").read_text()
+    block = readme.split("A routes file for both", 1)[1].split("```yaml\n", 1)[1]
+    routes = RoutesConfig.model_validate(yaml.safe_load(block.split("```", 1)[0]))
+    assert {b.kind.value for b in routes.backends} == {"bedrock", "openai"}
+    assert model_of_deployment(routes, "gpt4o-prod") == "gpt-4o"
+    assert routes.backend("bedrock-us").deployments["claude-sonnet-4"].startswith("us.anthropic.")
+
+
+def test_a_bedrock_frame_with_a_bad_crc_ends_the_clients_stream_with_an_error(
+    gateway: GatewayWorld, bedrock: FakeProvider
+) -> None:
+    bedrock.configure(corrupt_frame_after_chunks=3)
+    received: list[str] = []
+    with pytest.raises(anthropic.APIStatusError, match="broke off"):  # noqa: SIM117
+        with claude(gateway).messages.stream(
+            model="claude-sonnet-4", max_tokens=64, messages=MESSAGES
+        ) as stream:
+            received += stream.text_stream
+    assert "".join(received) == "tok0"  # the frames before the bad one, and nothing after
+    event = gateway.events(1, lambda e: e.request_model == "claude-sonnet-4")[0]
+    assert (event.status, event.streamed) == (Status.UPSTREAM_ERROR, True)

@@ -11,7 +11,8 @@ recomputed here with botocore, or carry ``Authorization: Bearer FAKE_BEDROCK_API
 anything else gets Bedrock's 403. The fake's config steers the answers as for the other
 APIs (``output_tokens``, ``cached_input_tokens``, ``report_usage``, ``fail_status``,
 ``latency_ms``); ``drop_after_chunks`` ends a stream after that many events with a
-``modelStreamErrorException`` message, which is how Bedrock reports a failure mid-stream.
+``modelStreamErrorException`` message, which is how Bedrock reports a failure mid-stream,
+and ``corrupt_frame_after_chunks`` sends a frame whose CRC is wrong.
 """
 
 from __future__ import annotations
@@ -303,7 +304,10 @@ async def _send_frames(
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"content-type": "application/vnd.amazon.eventstream"})
     await response.prepare(request)
+    corrupt_at = request.app[STATE].config.corrupt_frame_after_chunks
     for index, frame in enumerate(frames):
+        if index == corrupt_at:
+            frame = frame[:-1] + bytes([frame[-1] ^ 0xFF])  # the message CRC no longer holds
         if behaviour.drop_after_chunks is not None and index >= behaviour.drop_after_chunks:
             await response.write(
                 event_stream.exception(
