@@ -48,6 +48,13 @@ class InvalidRequest(GatewayError):
     status = Status.REJECTED_INVALID
 
 
+class TokenBudgetExceeded(InvalidRequest):
+    """The call's input alone is over the per-call token budget it runs under."""
+
+    code = "token_budget_exceeded"
+    status = Status.REJECTED_BUDGET
+
+
 class Unauthenticated(GatewayError):
     """No credentials, or credentials that do not check out."""
 

@@ -25,18 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, TokenBudgetExceeded
 from gateway.principal import TokenBudgetPolicy
 from gateway.routes import BackendKind
 from gateway.usage_reading import estimate_tokens, request_chars
-from tollgate.contract import Operation, Status
-
-
-class TokenBudgetExceeded(InvalidRequest):
-    """The call's input alone is over the token budget it runs under."""
-
-    code = "token_budget_exceeded"
-    status = Status.REJECTED_BUDGET
+from tollgate.contract import Operation
 
 
 @dataclass(frozen=True, slots=True)
