@@ -154,6 +154,8 @@ class JwtConfig(_Strict):
     """Claim → accepted values: the claim (or an item of a list claim) must be one of them."""
     rate_limit: RateLimitConfig | None = None
     """Applies to each JWT subject separately."""
+    token_budget: TokenBudgetConfig | None = None
+    """The per-call ``X-Token-Budget`` rule of every token from this issuer."""
     jwks_cache_s: Annotated[float, Field(gt=0)] = 300.0
 
     @field_validator("algorithms")

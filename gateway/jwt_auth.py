@@ -225,6 +225,9 @@ class JwtVerifier:
             )
         )
         self._rate_limit = None if config.rate_limit is None else config.rate_limit.to_rate_limit()
+        self._token_budget = (
+            None if config.token_budget is None else config.token_budget.to_policy()
+        )
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
@@ -291,6 +294,7 @@ class JwtVerifier:
             user=None if config.user_claim is None else _text_claim(claims, config.user_claim),
             allowed_models=models,
             rate_limit=self._rate_limit,
+            token_budget=self._token_budget,
         )
 
 

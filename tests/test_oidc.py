@@ -259,3 +259,12 @@ def test_sdk_calls_with_tokens_of_two_discovered_issuers_are_metered_under_their
         )
         event = gateway.event_for(raw.headers["x-tollgate-request-id"])
         assert (event.tenant, event.status) == (tenant, Status.OK)
+
+
+async def test_an_issuers_token_budget_rule_applies_to_each_of_its_tokens(
+    idp: IdentityProvider,
+) -> None:
+    config = issuer_config(idp, "v2", token_budget={"header": "X-Budget", "default": 500})
+    principal = await authenticator(idp, config, clock=FakeClock()).authenticate(bearer(v2_token()))
+    assert principal.token_budget is not None
+    assert (principal.token_budget.header, principal.token_budget.default) == ("X-Budget", 500)
