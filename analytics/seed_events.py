@@ -241,6 +241,7 @@ def build_chunk(
         "ttft_ms": pa.array(ttft_ms, pa.float64(), from_pandas=True),
         "streamed": pa.array(streamed, pa.bool_()),
         "cache_creation_1h_input_tokens": pa.array(np.zeros(n, np.int64), pa.int64()),
+        "token_budget": pa.nulls(n, pa.int64()),  # seeded calls ask for no per-call budget
         "input_cost_usd": picodollars(input_cost),
         "cache_read_cost_usd": picodollars(cache_read_cost),
         "cache_creation_cost_usd": picodollars(cache_write_cost),

@@ -14,14 +14,29 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.auth import Authenticator
+from gateway.bedrock import BedrockBackends
 from gateway.budget_book import BudgetBook
 from gateway.budget_feed import BudgetFeed
 from gateway.budget_shares import ShareView
 from gateway.claims_announcer import ClaimsAnnouncer
 from gateway.draining import Drain
 from gateway.emitter import UsageEmitter
-from gateway.errors import Dialect, GatewayError, MethodNotAllowed, NotFound, error_body
+from gateway.endpoints import (
+    AI_ENDPOINTS,
+    MODEL_LIST_PATHS,
+    MODEL_PATHS,
+    Endpoint,
+    guess_dialect,
+    guess_operation,
+)
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.metrics import GatewayMetrics
+from gateway.model_api import (
+    count_tokens_handler,
+    list_models_handler,
+    retrieve_model_handler,
+)
+from gateway.model_list import ModelDirectory
 from gateway.proxy import Proxy
 from gateway.rate_limit import RateLimiter
 from gateway.routes import RoutesConfig
@@ -30,7 +45,6 @@ from gateway.spend import SpendEstimator
 from gateway.spool import Spool
 from gateway.upstream_client import UpstreamClient
 from tollgate.budget_definitions import load_budgets
-from tollgate.contract import Operation
 from tollgate.ids import uuid7
 from tollgate.pricing import load_catalog
 from tollgate.settings import Settings
@@ -42,14 +56,6 @@ ANNOUNCER = web.AppKey("announcer", ClaimsAnnouncer)
 
 EMITTER_STOP_S = 3.0
 """At stop, how long the emitter may keep shipping; what is left waits in its log."""
-
-_ENDPOINTS = {
-    "/v1/chat/completions": (Operation.CHAT, Dialect.OPENAI),
-    "/v1/completions": (Operation.COMPLETIONS, Dialect.OPENAI),
-    "/v1/embeddings": (Operation.EMBEDDINGS, Dialect.OPENAI),
-    "/v1/responses": (Operation.RESPONSES, Dialect.OPENAI),
-    "/v1/messages": (Operation.MESSAGES, Dialect.ANTHROPIC),
-}
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ def create_app(parts: GatewayParts) -> web.Application:
         metrics=metrics,
         upstream=UpstreamClient(),
         spend=SpendEstimator(load_catalog(settings.stream.price_catalog)),
+        bedrock=BedrockBackends.from_routes(parts.routes, parts.secrets),
     )
     app[PROXY] = proxy
     app[FEED] = feed
@@ -130,9 +137,14 @@ def create_app(parts: GatewayParts) -> web.Application:
     app[ANNOUNCER] = announcer
     _watch_components(metrics, emitter, feed)
 
-    for path, (operation, dialect) in _ENDPOINTS.items():
-        app.router.add_post(path, drain.guard(_call_handler(proxy, operation, dialect), dialect))
-    app.router.add_get("/v1/models", _models_handler(proxy))
+    for path, endpoint in AI_ENDPOINTS.items():
+        app.router.add_post(path, drain.guard(_call_handler(proxy, endpoint), endpoint.dialect))
+    directory = ModelDirectory(parts.routes, dict(parts.secrets))
+    for path in MODEL_LIST_PATHS:
+        app.router.add_get(path, list_models_handler(proxy, directory))
+    for path in MODEL_PATHS:
+        app.router.add_get(path, retrieve_model_handler(proxy, directory))
+    app.router.add_post("/v1/messages/count_tokens", count_tokens_handler(proxy))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics_handler(metrics))
@@ -153,47 +165,27 @@ async def _lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
     await proxy.upstream.close()
 
 
-def _call_handler(proxy: Proxy, operation: Operation, dialect: Dialect):  # type: ignore[no-untyped-def]
+def _call_handler(proxy: Proxy, endpoint: Endpoint):  # type: ignore[no-untyped-def]
+    operation, dialect = endpoint.operation, endpoint.dialect
+
     async def handle(request: web.Request) -> web.StreamResponse:
-        return await proxy.handle(request, operation, dialect)
+        return await proxy.handle(request, operation, dialect, endpoint)
 
     return handle
 
 
-def _models_handler(proxy: Proxy):  # type: ignore[no-untyped-def]
-    async def models(request: web.Request) -> web.Response:
-        try:
-            principal = await proxy.authenticator.authenticate(request.headers)
-        except GatewayError as error:
-            return web.json_response(error_body(error, Dialect.OPENAI), status=error.http_status)
-        names = [
-            name
-            for name in proxy.routes.models
-            if not any(c in name for c in "*?[") and principal.may_use(name)
-        ]
-        return web.json_response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": name, "object": "model", "created": 0, "owned_by": "tollgate"}
-                    for name in names
-                ],
-            }
-        )
-
-    return models
-
-
 async def _no_such_endpoint(request: web.Request) -> web.Response:
-    """Unknown paths and wrong methods, answered as OpenAI or Anthropic would."""
-    dialect = Dialect.ANTHROPIC if request.path.startswith("/v1/messages") else Dialect.OPENAI
-    known = request.path in _ENDPOINTS or request.path == "/v1/models"
+    """Unknown paths and wrong methods, answered as OpenAI or Anthropic would; a caller
+    with valid credentials gets a usage event for it, like any other call."""
+    path = request.path
+    dialect = guess_dialect(path, "anthropic-version" in request.headers)
+    known = path in AI_ENDPOINTS or path in MODEL_LIST_PATHS
     error: GatewayError = (
-        MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        MethodNotAllowed(f"{request.method} is not allowed on {path}")
         if known
-        else NotFound(f"unknown endpoint {request.method} {request.path}")
+        else NotFound(f"unknown endpoint {request.method} {path}")
     )
-    return web.json_response(error_body(error, dialect), status=error.http_status)
+    return await request.app[PROXY].refuse_unrouted(request, error, guess_operation(path), dialect)
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -15,10 +15,13 @@ auth:
       allowed_models: [gpt-4o]     # omit: every configured model
       rate_limit: {calls: 60, renewal_period_s: 60}
       tags: {env: prod}
-  jwt:                             # optional: tokens from an identity provider
-    issuer: https://login.example.com/
+      token_budget: {header: X-Token-Budget, default: 10000, ceiling: 50000}   # per call
+  jwt:                             # optional: tokens from an identity provider (or a list
+    issuer: https://login.example.com/   #   of issuers, each token going by its iss)
     audience: tollgate             # or a list
-    jwks_url: https://login.example.com/.well-known/jwks.json   # or jwks_file
+    jwks_url: https://login.example.com/.well-known/jwks.json   # or jwks_file, or
+    # openid_config_url: https://login.microsoftonline.com/<tid>/v2.0/.well-known/openid-configuration
+    #   (issuer and jwks_uri read from it; issuer may then be left out)
     algorithms: [RS256, ES256]     # asymmetric only
     leeway_s: 30
     max_lifetime_s: 86400          # optional: refuse tokens valid for longer than this
@@ -27,13 +30,15 @@ auth:
     user_claim: sub
     models_claim: models           # optional: a list of model names
     required_claims: [email]
+    required_claim_values: {roles: [Gateway.User, Gateway.Admin]}   # any one of them
     rate_limit: {calls: 600, renewal_period_s: 60}
     jwks_cache_s: 300
 ```
 
-A caller sends ``Authorization: Bearer <credential>`` (the OpenAI and Anthropic SDKs'
-way) or ``x-api-key: <credential>``. A credential shaped like a JWT goes to the JWT
-verifier when one is configured; anything else is looked up as an API key.
+A caller sends ``Authorization: Bearer <credential>`` (the OpenAI SDK's way),
+``x-api-key: <credential>`` (Anthropic's) or ``api-key: <credential>`` (Azure OpenAI's).
+A credential shaped like a JWT goes to the JWT verifier when one is configured; anything
+else is looked up as an API key.
 """
 
 from __future__ import annotations
@@ -48,9 +53,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.errors import Unauthenticated
 from gateway.jwt_auth import JwtVerifier, symmetric_or_unknown
-from gateway.principal import Principal, RateLimit
+from gateway.oidc import JwtIssuers
+from gateway.principal import Principal, RateLimit, TokenBudgetPolicy
 
-MISSING_CREDENTIALS = "missing API key: send `Authorization: Bearer <key>` or `x-api-key`"
+MISSING_CREDENTIALS = (
+    "missing API key: send `Authorization: Bearer <key>`, `x-api-key` or `api-key`"
+)
 INVALID_API_KEY = "invalid API key"
 
 _JWT_SHAPE = re.compile(r"^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$")
@@ -74,6 +82,23 @@ class RateLimitConfig(_Strict):
         return RateLimit(calls=self.calls, renewal_period_s=self.renewal_period_s)
 
 
+class TokenBudgetConfig(_Strict):
+    """The per-call ``X-Token-Budget`` rule of one key (see ``gateway.token_budget``)."""
+
+    header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")] = "X-Token-Budget"
+    default: Annotated[int, Field(gt=0)] = 10_000
+    ceiling: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _default_within_ceiling(self) -> Self:
+        if self.ceiling is not None and self.default > self.ceiling:
+            raise ValueError(f"default {self.default} is over the ceiling {self.ceiling}")
+        return self
+
+    def to_policy(self) -> TokenBudgetPolicy:
+        return TokenBudgetPolicy(header=self.header, default=self.default, ceiling=self.ceiling)
+
+
 class ApiKeyConfig(_Strict):
     """One API key, known by the hash of its secret."""
 
@@ -86,6 +111,7 @@ class ApiKeyConfig(_Strict):
     allowed_models: list[str] | None = None
     rate_limit: RateLimitConfig | None = None
     tags: dict[str, str] = {}
+    token_budget: TokenBudgetConfig | None = None
 
     @field_validator("key_sha256")
     @classmethod
@@ -103,16 +129,20 @@ class ApiKeyConfig(_Strict):
             allowed_models=None if self.allowed_models is None else frozenset(self.allowed_models),
             rate_limit=None if self.rate_limit is None else self.rate_limit.to_rate_limit(),
             tags=dict(self.tags),
+            token_budget=None if self.token_budget is None else self.token_budget.to_policy(),
         )
 
 
 class JwtConfig(_Strict):
     """Tokens from one issuer, verified against its published public keys (JWKS)."""
 
-    issuer: Annotated[str, Field(min_length=1)]
+    issuer: Annotated[str, Field(min_length=1)] | None = None
+    """Required, unless read from ``openid_config_url``."""
     audience: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)]
     jwks_file: Path | None = None
     jwks_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    openid_config_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """An OpenID Provider's discovery document: issuer and jwks_uri are read from it."""
     algorithms: Annotated[list[str], Field(min_length=1)] = ["RS256", "ES256"]
     leeway_s: Annotated[float, Field(ge=0)] = 30.0
     max_lifetime_s: Annotated[float, Field(gt=0)] | None = None
@@ -124,8 +154,12 @@ class JwtConfig(_Strict):
     models_claim: str | None = None
     """A claim listing the models the caller may use; absent from a token: every model."""
     required_claims: list[str] = []
+    required_claim_values: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
+    """Claim → accepted values: the claim (or an item of a list claim) must be one of them."""
     rate_limit: RateLimitConfig | None = None
     """Applies to each JWT subject separately."""
+    token_budget: TokenBudgetConfig | None = None
+    """The per-call ``X-Token-Budget`` rule of every token from this issuer."""
     jwks_cache_s: Annotated[float, Field(gt=0)] = 300.0
 
     @field_validator("algorithms")
@@ -139,8 +173,11 @@ class JwtConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_key_source(self) -> Self:
-        if (self.jwks_file is None) == (self.jwks_url is None):
-            raise ValueError("give exactly one of jwks_file and jwks_url")
+        sources = (self.jwks_file, self.jwks_url, self.openid_config_url)
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("give exactly one of jwks_file and jwks_url (or openid_config_url)")
+        if self.issuer is None and self.openid_config_url is None:
+            raise ValueError("issuer is required unless openid_config_url names it")
         return self
 
 
@@ -148,7 +185,8 @@ class AuthConfig(_Strict):
     """The routes file's ``auth`` section. Empty: every request is refused."""
 
     api_keys: list[ApiKeyConfig] = []
-    jwt: JwtConfig | None = None
+    jwt: JwtConfig | list[JwtConfig] | None = None
+    """One trusted issuer, or several side by side (tokens go by their ``iss``)."""
 
     @model_validator(mode="after")
     def _keys_are_unique(self) -> Self:
@@ -170,7 +208,13 @@ class Authenticator:
 
     def __init__(self, config: AuthConfig, *, clock: Callable[[], float] | None = None) -> None:
         self._by_hash = {key.key_sha256: key.principal() for key in config.api_keys}
-        self._jwt = None if config.jwt is None else JwtVerifier(config.jwt, clock=clock)
+        issuers = [] if config.jwt is None else config.jwt
+        issuers = issuers if isinstance(issuers, list) else [issuers]
+        self._jwt = (
+            JwtIssuers([JwtVerifier(issuer, clock=clock) for issuer in issuers])
+            if issuers
+            else None
+        )
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         credential = _credential(headers)
@@ -183,15 +227,16 @@ class Authenticator:
 
 
 def _credential(headers: Mapping[str, str]) -> str:
-    """The caller's secret: the Bearer token, else ``x-api-key``."""
+    """The caller's secret: the Bearer token, else ``x-api-key``, else ``api-key``."""
     authorization = _header(headers, "authorization")
     if authorization:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    api_key = (_header(headers, "x-api-key") or "").strip()
-    if api_key:
-        return api_key
+    for name in ("x-api-key", "api-key"):  # Anthropic's header, Azure OpenAI's header
+        api_key = (_header(headers, name) or "").strip()
+        if api_key:
+            return api_key
     if authorization and authorization.strip().partition(" ")[0].lower() != "bearer":
         raise Unauthenticated("unsupported Authorization scheme: send `Bearer <key>`")
     raise Unauthenticated(MISSING_CREDENTIALS)

@@ -38,6 +38,10 @@ class Call:
     """Budget headroom the call holds until it is settled."""
     written: asyncio.Event | None = None
     """Set once the call is settled: set itself once its usage event is on disk."""
+    token_budget: int | None = None
+    """The per-call token budget the call ran under (``X-Token-Budget``)."""
+    upstream_path: str | None = None
+    """The canonical ``/v1`` path the call is forwarded as, when it came by another door."""
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started_mono) * 1000
@@ -75,6 +79,7 @@ class Call:
             duration_ms=duration_ms,
             ttft_ms=self.ttft_ms,
             streamed=self.streamed,
+            token_budget=self.token_budget,
         )
 
 

@@ -48,6 +48,13 @@ class InvalidRequest(GatewayError):
     status = Status.REJECTED_INVALID
 
 
+class TokenBudgetExceeded(InvalidRequest):
+    """The call's input alone is over the per-call token budget it runs under."""
+
+    code = "token_budget_exceeded"
+    status = Status.REJECTED_BUDGET
+
+
 class Unauthenticated(GatewayError):
     """No credentials, or credentials that do not check out."""
 
@@ -145,6 +152,10 @@ class RateLimited(TooManyRequests):
 
     code = "rate_limit_exceeded"
     status = Status.REJECTED_RATE_LIMIT
+
+    def __init__(self, message: str, *, retry_after_s: float, limit: int | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.limit = limit
 
 
 class BudgetExceeded(TooManyRequests):

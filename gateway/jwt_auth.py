@@ -28,6 +28,7 @@ import aiohttp
 import jwt
 
 from gateway.errors import Unauthenticated
+from gateway.oidc import Discovery, check_claim_values
 from gateway.principal import Principal
 from tollgate.errors import SettingsError
 
@@ -196,16 +197,37 @@ class JwtVerifier:
     def __init__(self, config: JwtConfig, *, clock: Callable[[], float] | None = None) -> None:
         self._config = config
         self._clock = clock or time.time
-        self._keys: FileKeys | RemoteKeys
+        self._keys: FileKeys | RemoteKeys | Discovery
+        self._discovery: Discovery | None = None
         if config.jwks_file is not None:
             self._keys = FileKeys(config.jwks_file)
+        elif config.openid_config_url is not None:
+            clock_s, cache_s = self._clock, config.jwks_cache_s
+            self._keys = self._discovery = Discovery(
+                config.openid_config_url,
+                cache_s,
+                clock_s,
+                lambda jwks_uri: RemoteKeys(jwks_uri, cache_s, clock_s),
+            )
         else:
             assert config.jwks_url is not None
             self._keys = RemoteKeys(config.jwks_url, config.jwks_cache_s, self._clock)
         self._required = list(
-            dict.fromkeys(["exp", "iss", "aud", config.tenant_claim, *config.required_claims])
+            dict.fromkeys(
+                [
+                    "exp",
+                    "iss",
+                    "aud",
+                    config.tenant_claim,
+                    *config.required_claims,
+                    *config.required_claim_values,
+                ]
+            )
         )
         self._rate_limit = None if config.rate_limit is None else config.rate_limit.to_rate_limit()
+        self._token_budget = (
+            None if config.token_budget is None else config.token_budget.to_policy()
+        )
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
@@ -217,12 +239,19 @@ class JwtVerifier:
             self._cache.move_to_end(digest)
             return cached[0]
         claims = await self._claims(token)
+        check_claim_values(claims, self._config.required_claim_values)
         principal = self._principal(claims)
         self._cache[digest] = (principal, min(float(claims["exp"]), now + CACHE_TTL_S))
         self._cache.move_to_end(digest)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return principal
+
+    async def issuer(self) -> str:
+        """The ``iss`` this verifier accepts: configured, or read by discovery."""
+        if self._config.issuer is not None or self._discovery is None:
+            return self._config.issuer or ""
+        return await self._discovery.issuer()
 
     async def _claims(self, token: str) -> dict[str, Any]:
         try:
@@ -241,7 +270,7 @@ class JwtVerifier:
                 key,
                 algorithms=[algorithm],
                 audience=self._config.audience,
-                issuer=self._config.issuer,
+                issuer=await self.issuer(),
                 leeway=self._config.leeway_s,
                 options={"require": self._required},
             )
@@ -281,6 +310,7 @@ class JwtVerifier:
             user=None if config.user_claim is None else _text_claim(claims, config.user_claim),
             allowed_models=models,
             rate_limit=self._rate_limit,
+            token_budget=self._token_budget,
         )
 
 

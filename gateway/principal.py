@@ -16,6 +16,15 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenBudgetPolicy:
+    """A key's per-call token budget rule (see ``gateway.token_budget``)."""
+
+    header: str = "X-Token-Budget"
+    default: int = 10_000
+    ceiling: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller: the budget dimensions its calls are metered under."""
 
@@ -28,6 +37,8 @@ class Principal:
     """None: every configured model."""
     rate_limit: RateLimit | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    token_budget: TokenBudgetPolicy | None = None
+    """None: calls are not budgeted one by one."""
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models

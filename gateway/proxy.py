@@ -26,9 +26,11 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.auth import Authenticator
+from gateway.bedrock import BedrockBackends, Translation
 from gateway.budget_book import BudgetBook
 from gateway.call import Call
 from gateway.emitter import UsageEmitter
+from gateway.endpoints import DEPLOYMENT, Endpoint
 from gateway.errors import (
     Dialect,
     GatewayError,
@@ -48,11 +50,12 @@ from gateway.header_policy import SecretRedactor
 from gateway.metrics import GatewayMetrics
 from gateway.model_names import MAX_MODEL_NAME, route_key, unknown_model_name
 from gateway.rate_limit import RateLimiter
-from gateway.response_headers import LimitHeaders
-from gateway.routes import BackendConfig, RoutesConfig
+from gateway.response_headers import LimitHeaders, refusal_headers
+from gateway.routes import BackendConfig, BackendKind, RoutesConfig, model_of_deployment
 from gateway.routing import Router
 from gateway.spend import SpendEstimator
-from gateway.sse import SSEFramer, parse_event
+from gateway.sse import SSEFramer, parse_event, without_null_usage
+from gateway.token_budget import apply_budget, budget_for
 from gateway.upstream import client_headers, upstream_headers, upstream_url
 from gateway.upstream_client import (
     UpstreamBrokeOff,
@@ -97,6 +100,7 @@ class Proxy:
     metrics: GatewayMetrics
     upstream: UpstreamClient
     spend: SpendEstimator | None = None
+    bedrock: BedrockBackends = field(default_factory=lambda: BedrockBackends({}))
     _exact_routes: dict[str, list[BackendConfig]] = field(init=False)
     _urls: dict[tuple[str, str, str], URL] = field(init=False, default_factory=dict)
     _redactor: SecretRedactor = field(init=False)
@@ -113,25 +117,35 @@ class Proxy:
         }
 
     async def handle(
-        self, request: web.Request, operation: Operation, dialect: Dialect
+        self,
+        request: web.Request,
+        operation: Operation,
+        dialect: Dialect,
+        endpoint: Endpoint | None = None,
     ) -> web.StreamResponse:
         """Answer one call; its usage event is on disk before the answer completes."""
         call = Call(operation, dialect)
         try:
-            response = await self._answer(request, call)
+            response = await self._answer(request, call, endpoint)
         except BaseException:  # the client went away: no answer to hold back
             self._settle(call)
             raise
         await self._settle(call).wait()
         return response
 
-    async def _answer(self, request: web.Request, call: Call) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, call: Call, endpoint: Endpoint | None
+    ) -> web.StreamResponse:
         dialect = call.dialect
         payload: dict[str, Any] = {}
         limits = LimitHeaders(request_id=str(call.event_id))
         try:
             call.principal = await self.authenticator.authenticate(request.headers)
             payload, raw = await self._read_json(request)
+            if endpoint is not None:
+                call.upstream_path = endpoint.upstream_path
+                if endpoint.by_deployment:
+                    payload, raw = self._model_of_deployment(request, payload, raw)
             model = payload.get("model")
             if not isinstance(model, str) or not model:
                 raise InvalidRequest("`model` is required and must be a string", param="model")
@@ -145,6 +159,8 @@ class Proxy:
             backends = self._backends_for(model, dialect)
             if not call.principal.may_use(model):
                 raise ModelNotAllowed(f"this key may not use model {model!r}", param="model")
+            if call.principal.token_budget is not None:
+                payload, raw = self._within_token_budget(request, call, payload, raw, backends)
             if call.principal.rate_limit is not None:
                 limits.requests = self.limiter.acquire(
                     call.principal.api_key_id, call.principal.rate_limit, time.monotonic()
@@ -191,12 +207,57 @@ class Proxy:
                 error.status = Status.REJECTED_AUTH
             return self._refuse(call, error, limits)
 
+    async def refuse_unrouted(
+        self, request: web.Request, error: GatewayError, operation: Operation, dialect: Dialect
+    ) -> web.Response:
+        """Answer a path the gateway does not serve; a caller with valid credentials gets
+        the call's one usage event too, so failing clients show in the reports."""
+        call = Call(operation, dialect)
+        limits = LimitHeaders(request_id=str(call.event_id))
+        try:
+            call.principal = await self.authenticator.authenticate(request.headers)
+        except GatewayError:
+            return web.json_response(error_body(error, dialect), status=error.http_status)
+        try:
+            return self._refuse(call, error, limits)
+        finally:
+            self._settle(call)
+
+    def _within_token_budget(
+        self,
+        request: web.Request,
+        call: Call,
+        payload: dict[str, Any],
+        raw: bytes,
+        backends: list[BackendConfig],
+    ) -> tuple[dict[str, Any], bytes]:
+        """The request with its output capped to the call's token budget (or refused)."""
+        policy = call.principal.token_budget if call.principal else None
+        assert policy is not None
+        call.token_budget = budget_for(policy, request.headers)
+        budgeted = apply_budget(
+            call.token_budget, policy, payload, call.operation, backends[0].kind
+        )
+        if not budgeted.changed:
+            return payload, raw
+        return budgeted.payload, _json_encode(budgeted.payload)
+
+    def _model_of_deployment(
+        self, request: web.Request, payload: dict[str, Any], raw: bytes
+    ) -> tuple[dict[str, Any], bytes]:
+        """An Azure deployment path's model, written into the body for the backend."""
+        model = model_of_deployment(self.routes, request.match_info[DEPLOYMENT])
+        if payload.get("model") == model:
+            return payload, raw
+        payload = {**payload, "model": model}
+        return payload, _json_encode(payload)
+
     def _refuse(self, call: Call, error: GatewayError, limits: LimitHeaders) -> web.Response:
         call.status, call.http_status = error.status, error.http_status
         response = web.json_response(
             error_body(error, call.dialect),
             status=error.http_status,
-            headers={**error.headers(), **limits.render(call)},
+            headers={**error.headers(), **refusal_headers(error), **limits.render(call)},
         )
         if isinstance(error, RequestTimeout):
             response.force_close()  # the rest of the body is not worth waiting for
@@ -244,6 +305,16 @@ class Proxy:
             log.exception("metrics failed for call %s", call.event_id)
         return call.written
 
+    def _bedrock_call(
+        self, backend: BackendConfig, call: Call, payload: dict[str, Any]
+    ) -> Translation | None:
+        """For a Bedrock backend, the signed request in Bedrock's API (None for others)."""
+        if backend.kind is not BackendKind.BEDROCK:
+            return None
+        return self.bedrock.prepare(
+            backend, call.operation, call.dialect, call.request_model or "", payload, call.streamed
+        )
+
     def _upstream_url(self, backend: BackendConfig, path: str, model: str) -> URL:
         """The backend URL as a parsed ``URL``, remembered (parsing it is not free)."""
         key = (backend.name, path, model)
@@ -265,6 +336,14 @@ class Proxy:
             "circuit open" if breaker.is_open else f"{breaker.failures} failure(s) in a row",
             extra={"fields": {"backend": backend, "reason": reason}},
         )
+
+    async def read_json(self, request: web.Request) -> tuple[dict[str, Any], bytes]:
+        """A request's JSON object body, checked as an AI call's is (415, 413, 400)."""
+        return await self._read_json(request)
+
+    def backends_for(self, model: str, dialect: Dialect) -> list[BackendConfig]:
+        """The backends an AI call to ``model`` in ``dialect`` goes to, or ModelNotFound."""
+        return self._backends_for(model, dialect)
 
     async def _read_json(self, request: web.Request) -> tuple[dict[str, Any], bytes]:
         if request.content_type != "application/json":
@@ -298,7 +377,7 @@ class Proxy:
     def _backends_for(self, model: str, dialect: Dialect) -> list[BackendConfig]:
         backends = self._exact_routes.get(model) or self.routes.backends_for(model)
         family = "anthropic" if dialect is Dialect.ANTHROPIC else "openai"
-        if not backends or backends[0].kind.api_family != family:
+        if not backends or not backends[0].kind.serves(family, model):
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
         return backends
 
@@ -325,6 +404,7 @@ class Proxy:
         failure: GatewayError | None = None
         refused: tuple[int, bytes, Any] | None = None
         for backend in self.router.candidates(backends):
+            translation = self._bedrock_call(backend, call, payload)
             if not self.router.begin_attempt(backend.name):
                 continue
             call.backend, call.provider = backend.name, backend.provider_name
@@ -333,14 +413,20 @@ class Proxy:
             started = time.monotonic()
             try:
                 upstream = await self.upstream.post(
-                    self._upstream_url(backend, request.path, call.request_model or ""),
-                    body,
+                    self._upstream_url(
+                        backend, call.upstream_path or request.path, call.request_model or ""
+                    )
+                    if translation is None
+                    else translation.url,
+                    body if translation is None else translation.body,
                     upstream_headers(
                         backend,
                         request.headers,
                         self.secrets.get(backend.name),
                         self._also_forward,
-                    ).items(),
+                    ).items()
+                    if translation is None
+                    else translation.headers,
                     connect_timeout_s=backend.connect_timeout_s,
                     timeout_s=backend.timeout_s,
                     streamed=call.streamed,
@@ -364,6 +450,8 @@ class Proxy:
             if upstream.status in _RETRYABLE:
                 self._backend_failed(backend.name, f"HTTP {upstream.status}")
                 body = await _read_quietly(upstream)
+                if translation is not None:
+                    body = translation.answer(upstream.status, body, _error_type(upstream))
                 refused = (upstream.status, body, upstream.header_pairs)
                 upstream.release()
                 continue
@@ -371,9 +459,9 @@ class Proxy:
             try:
                 if call.streamed and upstream.status == 200:
                     return await self._relay_stream(
-                        request, call, upstream, payload, injected_usage, limits
+                        request, call, upstream, payload, injected_usage, limits, translation
                     )
-                return await self._relay_body(call, upstream, payload, limits)
+                return await self._relay_body(call, upstream, payload, limits, translation)
             finally:
                 elapsed_s = time.monotonic() - started
                 self.metrics.observe_upstream(backend.name, elapsed_s)
@@ -398,9 +486,12 @@ class Proxy:
         upstream: UpstreamResponse,
         payload: dict[str, Any],
         limits: LimitHeaders,
+        translation: Translation | None = None,
     ) -> web.Response:
         try:
             body = await upstream.read()
+            if translation is not None:
+                body = translation.answer(upstream.status, body, _error_type(upstream))
         except TimeoutError:
             raise UpstreamTimeout(f"backend {call.backend} did not answer in time") from None
         except UpstreamError as error:
@@ -409,6 +500,9 @@ class Proxy:
         if upstream.status < 300:
             usage, call.response_model = usage_from_body(body, call.dialect is Dialect.ANTHROPIC)
             call.usage = usage or estimated_usage(payload, response_chars(body))
+            if translation is not None:
+                call.response_model = translation.model_id
+                call.usage = translation.usage or call.usage
         else:
             call.status = Status.UPSTREAM_ERROR
         headers = client_headers(upstream.header_pairs, self._redactor)
@@ -423,9 +517,14 @@ class Proxy:
         payload: dict[str, Any],
         injected_usage: bool,
         limits: LimitHeaders,
+        translation: Translation | None = None,
     ) -> web.StreamResponse:
         headers = client_headers(upstream.header_pairs, self._redactor)
         headers.update(limits.render(call))
+        chunks = upstream.chunks()
+        if translation is not None:
+            headers["content-type"] = "text/event-stream"
+            chunks = translation.sse(chunks)
         response = _StreamResponse(status=upstream.status, headers=headers)
         reader = StreamUsage(call.operation)
         framer = SSEFramer()
@@ -434,7 +533,7 @@ class Proxy:
         """The stream's last event and what follows it: held until the usage is on disk."""
         try:
             await response.prepare(request)
-            async for chunk in upstream.chunks():
+            async for chunk in chunks:
                 out = []
                 for event in framer.feed(chunk):
                     name, data = parse_event(event)
@@ -443,12 +542,14 @@ class Proxy:
                         call.mark_first_token()
                     if last or data == b"[DONE]" or name in _LAST_EVENTS:
                         last.append(event)
-                    elif not (injected_usage and usage_only):
+                    elif not injected_usage:
                         out.append(event)
+                    elif not usage_only:
+                        out.append(without_null_usage(event))
                 if out:
                     await response.write(self._redactor.body(b"".join(out)))
             last.append(framer.rest())
-            _finish_stream(call, reader, payload)
+            _finish_stream(call, reader, payload, translation)
             await self._settle(call).wait()
             if held := b"".join(last):
                 await response.write(self._redactor.body(held))
@@ -466,7 +567,7 @@ class Proxy:
             await _end_stream_quietly(response, stream_error_event(failure, call.dialect))
         finally:
             if call.written is None:
-                _finish_stream(call, reader, payload)
+                _finish_stream(call, reader, payload, translation)
         return response
 
 
@@ -475,12 +576,17 @@ _LAST_EVENTS = frozenset({"message_stop", "response.completed", "response.incomp
 its whole answer, so it waits until the call's usage is on disk."""
 
 
-def _finish_stream(call: Call, reader: StreamUsage, payload: dict[str, Any]) -> None:
+def _finish_stream(
+    call: Call, reader: StreamUsage, payload: dict[str, Any], translation: Translation | None
+) -> None:
     """What the stream said about the call, once it is over."""
     call.response_model = reader.response_model
     if reader.error_seen and call.status is Status.OK:
         call.status = Status.UPSTREAM_ERROR
     call.usage = reader.settle(payload)
+    if translation is not None:
+        call.response_model = translation.model_id
+        call.usage = translation.usage or call.usage
 
 
 class _StreamResponse(web.StreamResponse):
@@ -532,6 +638,11 @@ def _output_cap(payload: dict[str, Any]) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return 0
+
+
+def _error_type(upstream: UpstreamResponse) -> str | None:
+    """AWS's error type header (``ThrottlingException:http://...``), when present."""
+    return next((v for k, v in upstream.header_pairs if k.lower() == "x-amzn-errortype"), None)
 
 
 def _upstream_error(error: BaseException, backend: str) -> GatewayError:

@@ -68,6 +68,7 @@ class RateLimiter:
                 f"rate limit of {limit.calls} calls per {limit.renewal_period_s:g} s "
                 f"exceeded for key {key_id}",
                 retry_after_s=reset_after_s,
+                limit=limit.calls,
             )
         window.calls += 1
         return RateLimitStatus(

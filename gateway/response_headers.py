@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from gateway.errors import BudgetExceeded, GatewayError, RateLimited
+
 if TYPE_CHECKING:
     from gateway.budget_book import BudgetHeadroom
     from gateway.call import Call
@@ -44,6 +46,27 @@ class LimitHeaders:
         if call.usage is not None and not call.streamed:
             headers["x-token-used"] = str(call.usage.total_tokens)
         return headers
+
+
+def refusal_headers(error: GatewayError) -> dict[str, str]:
+    """The limit headers of the gateway's own 429s: those of its 200s, at zero.
+
+    A call refused by the rate limit never got a ``RateLimitStatus``, and one refused by a
+    budget never got its headroom; these stand in for them.
+    """
+    if isinstance(error, RateLimited) and error.limit is not None:
+        return {
+            "x-ratelimit-limit-requests": str(error.limit),
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": _seconds(error.retry_after_s),
+        }
+    if isinstance(error, BudgetExceeded):
+        return {
+            "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-tokens": _seconds(error.retry_after_s),
+            "x-tollgate-budget": error.budget_id,
+        }
+    return {}
 
 
 def _seconds(value: float) -> str:

@@ -6,7 +6,7 @@ caller passes the environment in, so this module reads none itself.
 ```yaml
 backends:
   - name: openai-primary
-    kind: openai                 # openai | azure | anthropic | openai_compatible
+    kind: openai                 # openai | azure | anthropic | openai_compatible | bedrock
     base_url: https://api.openai.com
     api_key_env: OPENAI_API_KEY
     timeout_s: 120
@@ -19,9 +19,15 @@ backends:
     api_version: "2024-10-21"
     deployments: {gpt-4o: gpt4o-prod}
     priority: 1
+  - name: bedrock-us
+    kind: bedrock                # SigV4 by the standard AWS credential chain, or
+    region: us-east-1            #   api_key_env: AWS_BEARER_TOKEN_BEDROCK (a Bedrock API key)
+    deployments: {claude-sonnet-4: us.anthropic.claude-sonnet-4-20250514-v1:0}
 models:
   gpt-4o: [openai-primary, azure-east]
   "llama-*": [vllm]              # fnmatch patterns; exact names win
+deployments:                     # Azure OpenAI clients: deployment name → model
+  gpt4o-prod: gpt-4o             # unlisted deployment names are taken as model names
 auth: {...}                      # see gateway/auth.py
 ```
 """
@@ -32,7 +38,7 @@ import fnmatch
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 import yaml
 from pydantic import (
@@ -55,15 +61,34 @@ class BackendKind(StrEnum):
     OPENAI_COMPATIBLE = "openai_compatible"
     """vLLM, Ollama, LM Studio and any server speaking OpenAI's API."""
 
+    BEDROCK = "bedrock"
+    """AWS Bedrock: Claude in Anthropic's dialect, every model in OpenAI's (Converse)."""
+
     @property
-    def api_family(self) -> str:
+    def api_family(self) -> str | None:
+        """The one API dialect this kind speaks; None for Bedrock, which speaks both."""
+        if self is BackendKind.BEDROCK:
+            return None
         return "anthropic" if self is BackendKind.ANTHROPIC else "openai"
+
+    def serves_anthropic(self, model: str) -> bool:
+        """Whether a call in Anthropic's dialect to ``model`` can go to this kind."""
+        if self is BackendKind.BEDROCK:
+            return "anthropic." in model or model.startswith("claude")
+        return self is BackendKind.ANTHROPIC
+
+    def serves(self, family: str, model: str) -> bool:
+        """Whether a call in ``family``'s dialect (openai, anthropic) to ``model`` fits."""
+        if family == "anthropic":
+            return self.serves_anthropic(model)
+        return self is not BackendKind.ANTHROPIC
 
 
 _PROVIDER_NAMES = {
     BackendKind.OPENAI: "openai",
     BackendKind.AZURE: "azure.ai.openai",
     BackendKind.ANTHROPIC: "anthropic",
+    BackendKind.BEDROCK: "aws.bedrock",
 }
 
 
@@ -86,10 +111,26 @@ class BackendConfig(_Strict):
     """OTel provider name for events; defaults by kind (openai_compatible: its name)."""
     api_version: str | None = None
     deployments: dict[str, str] = {}
-    """Azure: model name → deployment name (default: the model name)."""
+    """Azure: model name → deployment name; Bedrock: model name → model id or inference
+    profile id (default: the model name)."""
+    region: str | None = None
+    """Bedrock: the AWS region; ``base_url`` defaults to its runtime endpoint."""
     stream_usage: bool = True
     """Ask for ``stream_options.include_usage`` on streams; off for servers that refuse it
     (their streams are then metered by estimate)."""
+    models: list[str] | None = None
+    """The concrete model names this backend serves, for the models list of a pattern
+    routed to it; absent: asked of the backend's ``GET /v1/models`` where it has one."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bedrock_endpoint_by_region(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == BackendKind.BEDROCK.value:
+            region = data.get("region")
+            if not isinstance(region, str) or not region:
+                raise ValueError(f"backend {data.get('name')!r}: a bedrock backend needs region")
+            data.setdefault("base_url", f"https://bedrock-runtime.{region}.amazonaws.com")
+        return data
 
     @model_validator(mode="after")
     def _azure_needs_a_version(self) -> Self:
@@ -107,6 +148,9 @@ class RoutesConfig(_Strict):
 
     backends: list[BackendConfig]
     models: dict[str, list[str]]
+    deployments: dict[str, str] = {}
+    """Azure OpenAI clients' deployment names → the model each stands for; a deployment
+    name not listed here is taken as a model name."""
     auth: AuthConfig = AuthConfig()
     _by_name: dict[str, BackendConfig] = PrivateAttr(default_factory=dict)
 
@@ -122,9 +166,12 @@ class RoutesConfig(_Strict):
             unknown = set(backends) - set(names)
             if unknown:
                 raise ValueError(f"model {model!r} names unknown backends {sorted(unknown)}")
-            families = {self.backend(name).kind.api_family for name in backends}
+            families = {self.backend(name).kind.api_family for name in backends} - {None}
             if len(families) > 1:
                 raise ValueError(f"model {model!r} mixes OpenAI and Anthropic backends")
+        for deployment, model in self.deployments.items():
+            if self.backends_for(model) is None:
+                raise ValueError(f"deployment {deployment!r} names unrouted model {model!r}")
         return self
 
     def backend(self, name: str) -> BackendConfig:
@@ -136,6 +183,17 @@ class RoutesConfig(_Strict):
         if names is None:
             names = next((v for k, v in self.models.items() if fnmatch.fnmatchcase(model, k)), None)
         return None if names is None else [self.backend(name) for name in names]
+
+    def route_key(self, model: str) -> str | None:
+        """The ``models`` entry that routes ``model``: its own name, or the first pattern."""
+        if model in self.models:
+            return model
+        return next((k for k in self.models if fnmatch.fnmatchcase(model, k)), None)
+
+
+def model_of_deployment(routes: RoutesConfig, deployment: str) -> str:
+    """The model an Azure client means by ``deployment``."""
+    return routes.deployments.get(deployment, deployment)
 
 
 def load_routes(path: Path) -> RoutesConfig:

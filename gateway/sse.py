@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class SSEFramer:
     """Cuts a byte stream into whole SSE events (each ending with a blank line)."""
@@ -56,3 +58,18 @@ def _parse_event_slowly(raw: bytes) -> tuple[str | None, bytes]:
         elif line.startswith(b"event:"):
             name = line[6:].strip().decode(errors="replace")
     return name, b"\n".join(data)
+
+
+_NULL_USAGE_TAIL = b',"usage":null}\n\n'
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
+
+
+def without_null_usage(event: bytes) -> bytes:
+    """``event`` without the ``"usage": null`` member that asking for usage adds to every
+    chunk, for a client that did not ask. A quote inside a JSON string is always escaped,
+    so the pattern can only meet the member itself."""
+    if event.endswith(_NULL_USAGE_TAIL):  # where OpenAI writes it: a slice does
+        return event[: -len(_NULL_USAGE_TAIL)] + b"}\n\n"
+    if b'"usage"' not in event:
+        return event
+    return _NULL_USAGE.sub(b"", event, count=1)

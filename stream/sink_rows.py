@@ -115,6 +115,7 @@ class _PricedWire(
     ttft_ms: Milliseconds | None = None
     streamed: bool = False
     cache_creation_1h_input_tokens: NonNegativeInt = 0
+    token_budget: NonNegativeInt | None = None
     input_cost_usd: str = _ZERO
     cache_read_cost_usd: str = _ZERO
     cache_creation_cost_usd: str = _ZERO
@@ -131,7 +132,11 @@ class _Unversioned(msgspec.Struct, tag_field="schema_version", tag=0):
     """Never written; in the union it makes ``schema_version`` required, as in the codec."""
 
 
-_wire = msgspec.json.Decoder(_PricedWire | _Unversioned)
+class _OlderVersion(msgspec.Struct, tag_field="schema_version", tag=1):
+    """A version 1 priced event (before ``token_budget``): read by the contract's path."""
+
+
+_wire = msgspec.json.Decoder(_PricedWire | _OlderVersion | _Unversioned)
 _FIELDS = _PricedWire.__struct_fields__
 _COST_PARTS = (
     "input_cost_usd",
@@ -199,7 +204,7 @@ def _decode_all(values: list[bytes | None]) -> list[_PricedWire] | None:
         rows = list(map(_wire.decode, values))  # type: ignore[arg-type]
     except msgspec.MsgspecError:
         return None
-    return rows if _Unversioned not in set(map(type, rows)) else None
+    return rows if set(map(type, rows)) == {_PricedWire} else None
 
 
 def _fast_table(

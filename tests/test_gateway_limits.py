@@ -102,6 +102,10 @@ def test_a_spent_budget_refuses_its_subject_with_a_429_naming_it(gateway: Gatewa
     assert error.code == "budget_exceeded"
     assert "acme-hourly" in error.message
     assert 1790 <= int(error.response.headers["retry-after"]) <= 1800
+    # The token headers of an admitted call, at zero, as the gateway's own 429 carries them.
+    assert error.response.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert 1790 <= float(error.response.headers["x-ratelimit-reset-tokens"].rstrip("s")) <= 1800
+    assert error.response.headers["x-tollgate-budget"] == "acme-hourly"
     event = gateway.event_for(error.response.headers["x-tollgate-request-id"])
     assert (event.status, event.tenant, event.input_tokens) == (Status.REJECTED_BUDGET, "acme", 0)
 

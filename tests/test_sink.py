@@ -212,7 +212,7 @@ def test_records_the_contract_refuses_are_rejected_and_the_rest_kept() -> None:
         _edited(good, input_cost_usd="0.0001500000001", cost_usd="0.0003450000001"),
         _edited(good, prompt="hello"),  # unknown field
         _edited(good, schema_version=None),
-        _edited(good, schema_version=2),
+        _edited(good, schema_version=3),  # a version this build does not read
         _edited(good, tenant=None),  # null tenant on a call that was authenticated
         _edited(good, end_time="2026-11-02T09:31Z"),  # no seconds: Arrow would take it
         # Cached tokens past input_tokens, by a sum past 64 bits.
@@ -606,3 +606,11 @@ async def test_events_the_lake_holds_sent_again_to_a_new_broker_are_not_stored_t
 
     ids = Counter(lake_table(lake, PRICED)["event_id"].to_pylist())
     assert ids == Counter(str(event.event_id) for event in first + second + third)
+
+
+def test_version_1_priced_events_still_reach_the_lake_with_no_token_budget() -> None:
+    old = _edited(make_priced(), schema_version=1, token_budget=None)
+    new = encode(make_priced(token_budget=2_000))
+    rows = decode_priced("t.priced", 0, _records([old, new, old]))
+    assert rows.table["_offset"].to_pylist() == [0, 1, 2]
+    assert rows.table["token_budget"].to_pylist() == [None, 2_000, None]

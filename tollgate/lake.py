@@ -118,6 +118,7 @@ PRICED_SCHEMA = pa.schema(
         pa.field("ttft_ms", pa.float64()),
         pa.field("streamed", pa.bool_(), nullable=False),
         pa.field("cache_creation_1h_input_tokens", pa.int64()),
+        pa.field("token_budget", pa.int64()),
         pa.field("input_cost_usd", MONEY, nullable=False),
         pa.field("cache_read_cost_usd", MONEY, nullable=False),
         pa.field("cache_creation_cost_usd", MONEY, nullable=False),

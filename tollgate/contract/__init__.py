@@ -20,13 +20,14 @@ from tollgate.contract.budgets import (
 )
 from tollgate.contract.claims import GatewayClaims, SubjectClaim
 from tollgate.contract.codec import decode, encode
-from tollgate.contract.priced import PricedEvent
+from tollgate.contract.priced import PricedEvent, PricedEventV1
 from tollgate.contract.record import Record
 from tollgate.contract.usage import (
     REJECTED_STATUSES,
     Operation,
     Status,
     UsageEvent,
+    UsageEventV1,
     UsageSource,
 )
 
@@ -45,11 +46,13 @@ __all__ = [
     "GatewayClaims",
     "Operation",
     "PricedEvent",
+    "PricedEventV1",
     "Record",
     "Severity",
     "Status",
     "SubjectClaim",
     "UsageEvent",
+    "UsageEventV1",
     "UsageSource",
     "WindowKind",
     "decode",

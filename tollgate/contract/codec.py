@@ -9,11 +9,13 @@ arrives, it joins its kind's union here and readers keep working across the chan
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 import msgspec
 
+from tollgate.contract.priced import PricedEvent, PricedEventV1
 from tollgate.contract.record import Record
+from tollgate.contract.usage import UsageEvent, UsageEventV1
 from tollgate.errors import ContractError, UnsupportedSchemaVersion
 
 R = TypeVar("R", bound=Record)
@@ -47,7 +49,8 @@ def decode(data: bytes | str, record_type: type[R]) -> R:
     """
     decoder = _decoders.get(record_type)
     if decoder is None:
-        decoder = _decoders[record_type] = msgspec.json.Decoder(record_type | _Unversioned)
+        versions = Union[(record_type, *_older_versions(record_type), _Unversioned)]
+        decoder = _decoders[record_type] = msgspec.json.Decoder(versions)
     try:
         record = decoder.decode(data)
     except msgspec.ValidationError as error:
@@ -59,6 +62,25 @@ def decode(data: bytes | str, record_type: type[R]) -> R:
     if isinstance(record, _Unversioned):
         raise _unsupported(record_type, 0)
     return record
+
+
+_READ_ALSO: dict[type[Record], tuple[type[Record], ...]] = {
+    UsageEvent: (UsageEventV1,),
+    PricedEvent: (PricedEventV1,),
+}
+"""Older versions each record kind is still read in. An older version is a subclass of
+the current one with its own tag, so what a reader gets is-a current record, the fields
+the old version lacked at their defaults."""
+
+
+def _older_versions(record_type: type[Record]) -> tuple[type[Record], ...]:
+    return _READ_ALSO.get(record_type, ())
+
+
+def versions_read(record_type: type[Record]) -> list[int]:
+    """Every ``schema_version`` of ``record_type`` this build reads, oldest first."""
+    kinds = (record_type, *_older_versions(record_type))
+    return sorted(kind.schema_version() for kind in kinds)
 
 
 def _contract_error(
@@ -87,8 +109,8 @@ def _contract_error(
 
 def _unsupported(record_type: type[Record], version: int) -> UnsupportedSchemaVersion:
     return UnsupportedSchemaVersion(
-        f"schema_version {version} is not supported "
-        f"(this build reads version {record_type.schema_version()})",
+        f"schema_version {version} is not supported (this build reads version "
+        f"{', '.join(str(v) for v in versions_read(record_type))})",
         record_type=record_type.__name__,
         field="schema_version",
     )

@@ -16,8 +16,12 @@ from tollgate.contract.usage import UsageEvent
 ZERO_USD = Decimal(0)
 
 
-class PricedEvent(UsageEvent, tag=1, kw_only=True):
-    """A usage event priced by the stream from the versioned price catalog."""
+class PricedEvent(UsageEvent, tag=2, kw_only=True):
+    """A usage event priced by the stream from the versioned price catalog.
+
+    Version 2 carries version 2 of the usage event, ``list_cost_usd`` and
+    ``contract_version``; version 1 records are still read (``PricedEventV1``).
+    """
 
     input_cost_usd: Decimal = ZERO_USD
     """Uncached input tokens at the input rate."""
@@ -99,3 +103,16 @@ class PricedEvent(UsageEvent, tag=1, kw_only=True):
             list_cost_usd=list_cost_usd,
             contract_version=contract_version,
         )
+
+
+class PricedEventV1(PricedEvent, tag=1, kw_only=True):
+    """A priced event as version 1 wrote it: none of the fields version 2 added. Read,
+    never written."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("token_budget", "list_cost_usd", "contract_version"):
+            if getattr(self, name) is not None:
+                invalid(self, name, "is not a field of schema_version 1")
+        if self.cache_creation_1h_input_tokens:
+            invalid(self, "cache_creation_1h_input_tokens", "is not a field of schema_version 1")

@@ -73,11 +73,14 @@ HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=599)]
 Milliseconds = Annotated[float, msgspec.Meta(ge=0)]
 
 
-class UsageEvent(Record, tag=1, kw_only=True):
+class UsageEvent(Record, tag=2, kw_only=True):
     """One AI call, as the gateway saw it. Keyed on the topic by tenant.
 
     ``event_id`` is a UUIDv7 and the idempotency key: the gateway may deliver an event
     more than once (spool replay, producer retry); every consumer dedupes by it.
+
+    Version 2 added ``token_budget`` and ``cache_creation_1h_input_tokens``; version 1
+    records are still read (``UsageEventV1``).
     """
 
     event_id: uuid.UUID
@@ -118,6 +121,8 @@ class UsageEvent(Record, tag=1, kw_only=True):
     """The part of ``cache_creation_input_tokens`` written to the cache for one hour
     (Anthropic bills it at 2x input, the 5-minute writes at 1.25x). Records written
     before the field existed read as 0: all their writes were priced as 5-minute ones."""
+    token_budget: NonNegativeInt | None = None
+    """The per-call token budget the call ran under (``X-Token-Budget``), if it had one."""
 
     def __post_init__(self) -> None:
         if self.event_id.version != 7:
@@ -159,3 +164,15 @@ class UsageEvent(Record, tag=1, kw_only=True):
     def uncached_input_tokens(self) -> int:
         """Input tokens billed at the full input rate."""
         return self.input_tokens - self.cache_read_input_tokens - self.cache_creation_input_tokens
+
+
+class UsageEventV1(UsageEvent, tag=1, kw_only=True):
+    """A usage event as version 1 wrote it: no ``token_budget``, no 1-hour cache writes.
+    Read, never written."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.token_budget is not None:
+            invalid(self, "token_budget", "is not a field of schema_version 1")
+        if self.cache_creation_1h_input_tokens:
+            invalid(self, "cache_creation_1h_input_tokens", "is not a field of schema_version 1")

@@ -87,3 +87,8 @@ async def messages(call: Call) -> web.StreamResponse:
         _MESSAGE_STOP,
     ]
     return await send_event_stream(call.request, call.behaviour, frames, headers)
+
+
+async def count_tokens(call: Call) -> web.StreamResponse:
+    """``POST /v1/messages/count_tokens``: the prompt's tokens, by the fake's heuristic."""
+    return json_answer({"input_tokens": call.prompt_tokens}, {})

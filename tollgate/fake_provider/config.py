@@ -44,6 +44,8 @@ class FakeProviderConfig:
     hang: bool = False
     drop_after_chunks: int | None = None
     embedding_dimensions: int = 8
+    corrupt_frame_after_chunks: int | None = None
+    """Bedrock streams: the event-stream frame after this many has a wrong CRC."""
     models: tuple[str, ...] = DEFAULT_MODELS
 
     def __post_init__(self) -> None:
@@ -64,6 +66,11 @@ class FakeProviderConfig:
         _require(
             self.drop_after_chunks is None or _is_count(self.drop_after_chunks),
             "drop_after_chunks",
+            "must be a non-negative integer or null",
+        )
+        _require(
+            self.corrupt_frame_after_chunks is None or _is_count(self.corrupt_frame_after_chunks),
+            "corrupt_frame_after_chunks",
             "must be a non-negative integer or null",
         )
         _require(

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from tollgate.fake_provider.anthropic_api import messages
+from tollgate.fake_provider.anthropic_api import count_tokens, messages
+from tollgate.fake_provider.bedrock import add_bedrock_routes
 from tollgate.fake_provider.catalog import list_models
 from tollgate.fake_provider.config import FakeProviderConfig
 from tollgate.fake_provider.control import add_control_routes
@@ -46,7 +47,11 @@ def create_app(config: FakeProviderConfig | None = None) -> web.Application:
     for path, answer in openai_routes.items():
         app.router.add_post(path, endpoint(answer, openai_error_response))
     app.router.add_post("/v1/messages", endpoint(messages, anthropic_error_response))
+    app.router.add_post(
+        "/v1/messages/count_tokens", endpoint(count_tokens, anthropic_error_response)
+    )
     app.router.add_get("/v1/models", endpoint(list_models, openai_error_response))
+    add_bedrock_routes(app)
     add_control_routes(app)
     return app
 
