@@ -11,15 +11,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from gateway.auth import Authenticator
 from gateway.budget_book import BudgetBook
 from gateway.budget_feed import BudgetFeed
 from gateway.emitter import UsageEmitter
 from gateway.errors import Dialect, GatewayError, MethodNotAllowed, NotFound, error_body
+from gateway.evaluations import PATH as EVALUATIONS_PATH
+from gateway.evaluations import EvaluationDesk
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.rate_limit import RateLimiter
+from gateway.request_ids import RequestIds, load_key
 from gateway.routes import RoutesConfig
 from gateway.routing import Router
 from gateway.spend import SpendEstimator
@@ -31,6 +35,7 @@ from tollgate.settings import Settings
 
 PROXY = web.AppKey("proxy", Proxy)
 FEED = web.AppKey("feed", BudgetFeed)
+EVALUATIONS = web.AppKey("evaluations", EvaluationDesk)
 
 _ENDPOINTS = {
     "/v1/chat/completions": (Operation.CHAT, Dialect.OPENAI),
@@ -62,6 +67,12 @@ def create_app(parts: GatewayParts) -> web.Application:
         topics.usage,
         Spool(settings.gateway.spool_dir, max_bytes=settings.gateway.spool_max_bytes),
     )
+    request_ids = RequestIds(
+        load_key(
+            _secret(settings.gateway.request_id_key),
+            settings.gateway.effective_request_id_key_file,
+        )
+    )
     book = BudgetBook(fail_open=settings.gateway.budget_fail_open)
     feed = BudgetFeed(settings.kafka, parts.bootstrap_servers, topics.budget_state, book)
     proxy = Proxy(
@@ -76,13 +87,32 @@ def create_app(parts: GatewayParts) -> web.Application:
         metrics=metrics,
         upstream=UpstreamClient(),
         spend=SpendEstimator(load_catalog(settings.stream.price_catalog)),
+        request_ids=request_ids,
+    )
+    evaluations = EvaluationDesk(
+        proxy.authenticator,
+        request_ids,
+        UsageEmitter(
+            settings.kafka,
+            parts.bootstrap_servers,
+            topics.evaluations,
+            Spool(
+                settings.gateway.spool_dir.with_name(
+                    settings.gateway.spool_dir.name + "-evaluations"
+                ),
+                max_bytes=settings.gateway.spool_max_bytes,
+            ),
+        ),
+        max_body_bytes=settings.gateway.max_body_bytes,
     )
     app[PROXY] = proxy
+    app[EVALUATIONS] = evaluations
     app[FEED] = feed
     _watch_components(metrics, emitter, feed)
 
     for path, (operation, dialect) in _ENDPOINTS.items():
         app.router.add_post(path, _call_handler(proxy, operation, dialect))
+    app.router.add_post(EVALUATIONS_PATH, evaluations.handle)
     app.router.add_get("/v1/models", _models_handler(proxy))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -93,11 +123,13 @@ def create_app(parts: GatewayParts) -> web.Application:
 
 
 async def _lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
-    proxy, feed = app[PROXY], app[FEED]
+    proxy, feed, evaluations = app[PROXY], app[FEED], app[EVALUATIONS]
     await proxy.emitter.start()
+    await evaluations.emitter.start()
     await feed.start()
     yield
     await feed.stop()
+    await evaluations.emitter.stop()
     await proxy.emitter.stop()
     await proxy.upstream.close()
 
@@ -136,13 +168,17 @@ def _models_handler(proxy: Proxy):  # type: ignore[no-untyped-def]
 async def _no_such_endpoint(request: web.Request) -> web.Response:
     """Unknown paths and wrong methods, answered as OpenAI or Anthropic would."""
     dialect = Dialect.ANTHROPIC if request.path.startswith("/v1/messages") else Dialect.OPENAI
-    known = request.path in _ENDPOINTS or request.path == "/v1/models"
+    known = request.path in _ENDPOINTS or request.path in ("/v1/models", EVALUATIONS_PATH)
     error: GatewayError = (
         MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
         if known
         else NotFound(f"unknown endpoint {request.method} {request.path}")
     )
     return web.json_response(error_body(error, dialect), status=error.http_status)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from gateway.spool import Spool
-from tollgate.contract import UsageEvent, encode
+from tollgate.contract import EvaluationEvent, UsageEvent, encode
 from tollgate.kafka import producer_options
 from tollgate.settings import KafkaSettings
 
@@ -137,7 +137,7 @@ class UsageEmitter:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def emit(self, event: UsageEvent) -> None:
+    def emit(self, event: UsageEvent | EvaluationEvent) -> None:
         """Queue one event for delivery. O(1); never blocks, never raises.
 
         Past ``max_queue`` the broker is not keeping up: everything queued, this event

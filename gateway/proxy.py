@@ -45,6 +45,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
+from gateway.request_ids import RequestIds
 from gateway.response_headers import LimitHeaders
 from gateway.routes import BackendConfig, RoutesConfig
 from gateway.routing import Router
@@ -89,6 +90,8 @@ class Proxy:
     metrics: GatewayMetrics
     upstream: UpstreamClient
     spend: SpendEstimator | None = None
+    request_ids: RequestIds | None = None
+    """Binds each call's request id to its tenant, for ``POST /v1/evaluations``."""
     _exact_routes: dict[str, list[BackendConfig]] = field(init=False)
     _urls: dict[tuple[str, str, str], URL] = field(init=False, default_factory=dict)
 
@@ -108,6 +111,9 @@ class Proxy:
         limits = LimitHeaders(request_id=str(call.event_id))
         try:
             call.principal = await self.authenticator.authenticate(request.headers)
+            if self.request_ids is not None:
+                call.event_id = self.request_ids.issue(call.principal.tenant)
+                limits.request_id = str(call.event_id)
             payload, raw = await self._read_json(request)
             model = payload.get("model")
             if not isinstance(model, str) or not model:

@@ -103,6 +103,15 @@ class GatewaySettings(Section):
     """Consecutive failures that take a backend out of service."""
     circuit_cooldown_s: Annotated[float, Field(gt=0)] = 30.0
     """How long a backend stays out before one trial call is let through."""
+    request_id_key: SecretStr | None = None
+    """The secret that binds request ids to tenants (``gateway.request_ids``): the same on
+    every instance. Unset: a random key kept in ``request_id_key_file``."""
+    request_id_key_file: Path | None = None
+    """Unset: ``request-id.key`` beside the spool directory."""
+
+    @property
+    def effective_request_id_key_file(self) -> Path:
+        return self.request_id_key_file or self.spool_dir.parent / "request-id.key"
 
 
 class StreamSettings(Section):

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tollgate.contract import Alert, BudgetDefinition, BudgetState, PricedEvent, Record, UsageEvent
+from tollgate.contract import (
+    Alert,
+    BudgetDefinition,
+    BudgetState,
+    EvaluationEvent,
+    PricedEvent,
+    Record,
+    UsageEvent,
+)
 
 COMPACTED = {"cleanup.policy": "compact"}
 
@@ -34,6 +42,9 @@ BUDGET_DEFINITIONS = TopicSpec(
 )
 BUDGET_STATE = TopicSpec("tollgate.budget-state.v1", BudgetState, compacted=True)
 ALERTS = TopicSpec("tollgate.alerts.v1", Alert)
+EVALUATIONS = TopicSpec("tollgate.evaluations.v1", EvaluationEvent)
+"""Quality signals about calls, keyed by tenant as usage is (so a tenant's calls and their
+evaluations share a partition number)."""
 BUDGET_CONTRIBUTIONS = TopicSpec("tollgate.budget-contributions.v1", None)
 """Internal to the stream: each priced call's share of each budget it falls under, keyed by
 the budget state's key, so that one worker owns each budget subject (a repartition)."""
@@ -52,6 +63,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     BUDGET_DEFINITIONS,
     BUDGET_STATE,
     ALERTS,
+    EVALUATIONS,
     BUDGET_CONTRIBUTIONS,
     METER_SEEN_IDS,
     BUDGET_SUBJECTS,
@@ -98,6 +110,10 @@ class Topics:
     @property
     def alerts(self) -> str:
         return self.name(ALERTS)
+
+    @property
+    def evaluations(self) -> str:
+        return self.name(EVALUATIONS)
 
     @property
     def budget_contributions(self) -> str:

@@ -19,6 +19,7 @@ from tollgate.contract.budgets import (
     subject_key,
 )
 from tollgate.contract.codec import decode, encode
+from tollgate.contract.evaluations import EvaluationEvent
 from tollgate.contract.priced import PricedEvent
 from tollgate.contract.record import Record
 from tollgate.contract.usage import (
@@ -41,6 +42,7 @@ __all__ = [
     "BudgetWindow",
     "CalendarUnit",
     "Dimension",
+    "EvaluationEvent",
     "Operation",
     "PricedEvent",
     "Record",
