@@ -40,10 +40,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from tollgate.lake import ALERTS, BUDGET_STATE, PRICED, lake_dates, partition_dir, write_parquet
+from tollgate.lake import (
+    ALERTS,
+    BUDGET_STATE,
+    EVALUATIONS,
+    PRICED,
+    lake_dates,
+    partition_dir,
+    write_parquet,
+)
 from tollgate.lake_names import PARQUET_SUFFIX, RangeName
 
-DATE_COLUMNS: dict[str, str] = {PRICED: "end_time", ALERTS: "time", BUDGET_STATE: "as_of_time"}
+DATE_COLUMNS: dict[str, str] = {
+    PRICED: "end_time",
+    ALERTS: "time",
+    BUDGET_STATE: "as_of_time",
+    EVALUATIONS: "time",
+}
 """The instant whose UTC date places a row of each sub-lake (see ``tollgate.lake``)."""
 
 
