@@ -6,6 +6,7 @@
               ├────► anomalies (per tenant, in the meter's worker) ──► alerts
               ├────► budget-contributions ──budgets──► budget-state (+ threshold alerts)
               └────► usage.dlq (poison records)
+    priced + evaluations ──quality──► alerts (a model's or backend's bad share rising)
     alerts ──webhooks──► receivers
 
 The meter and the budgets are the hot path: each runs on a consumer of its own, in batches
@@ -39,6 +40,8 @@ from stream.faust_options import faust_options
 from stream.meter import Meter
 from stream.meter_stage import MeterStage
 from stream.metrics import StreamMetrics
+from stream.quality import QualityConfig, QualityDetector
+from stream.quality_stage import QualityWatch
 from stream.rebuild import rebuild_states
 from stream.record_sender import RecordSender
 from stream.seen_ids import SeenIds
@@ -155,6 +158,22 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
                     skipped=metrics.reread,
                 )
 
+            quality = QualityWatch(
+                QualityDetector(
+                    QualityConfig(
+                        bucket_s=settings.stream.quality_bucket_s,
+                        warmup_buckets=settings.stream.quality_warmup_buckets,
+                        min_evaluations=settings.stream.quality_min_evaluations,
+                        min_rise=settings.stream.quality_min_rise,
+                        cooldown_s=settings.stream.anomaly_cooldown_s,
+                    )
+                ),
+                topics,
+                kafka,
+                bootstrap_servers,
+                settings.stream.group_id(kafka.topic_prefix, "quality"),
+                self.producer,
+            )
             metering = consumer(meter, topics.usage, "meter")
             keeping = consumer(budget_stage, topics.budget_contributions, "budgets")
 
@@ -171,6 +190,7 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
             self.tasks = [
                 asyncio.create_task(metering.run(self.stopping), name="meter"),
                 asyncio.create_task(keep_budgets(), name="budgets"),
+                asyncio.create_task(quality.run(self.stopping), name="quality"),
             ]
             for task in self.tasks:
                 task.add_done_callback(_crash_on_failure)

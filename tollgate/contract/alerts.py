@@ -20,6 +20,8 @@ class AlertKind(StrEnum):
     """A subject's cost rate left its learned baseline."""
     NEW_SPENDER = "new_spender"
     """A key or model never seen before appeared with high spend."""
+    QUALITY_REGRESSION = "quality_regression"
+    """A model's or backend's share of answers judged bad left its learned baseline."""
 
 
 class Severity(StrEnum):
