@@ -20,6 +20,7 @@ from gateway.emitter import UsageEmitter
 from gateway.errors import Dialect, GatewayError, MethodNotAllowed, NotFound, error_body
 from gateway.evaluations import PATH as EVALUATIONS_PATH
 from gateway.evaluations import EvaluationDesk
+from gateway.latency_metrics import LatencyMetrics
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.rate_limit import RateLimiter
@@ -61,6 +62,7 @@ def create_app(parts: GatewayParts) -> web.Application:
     topics = settings.kafka.topics()
     app = web.Application(client_max_size=settings.gateway.max_body_bytes + 1)
     metrics = GatewayMetrics()
+    metrics.also_observe(LatencyMetrics(metrics.registry, parts.routes).observe)
     emitter = UsageEmitter(
         settings.kafka,
         parts.bootstrap_servers,
