@@ -5,6 +5,7 @@ demo's judge making one model worse until the stream raises a quality alert."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
@@ -119,9 +120,15 @@ def test_an_sdk_calls_evaluation_reaches_the_lake_and_the_reporting_api(
     first = _evaluate(
         pipeline,
         ACME_KEY,
-        {"request_id": request_id, "name": "hallucination", "score_label": "hallucinated",
-         "score_value": 1, "explanation": "names the wrong author", "evaluator": "judge-v1"},
-    )  # fmt: skip
+        {
+            "request_id": request_id,
+            "name": "hallucination",
+            "score_label": "hallucinated",
+            "score_value": 1,
+            "explanation": "names the wrong author",
+            "evaluator": "judge-v1",
+        },
+    )
     second = _evaluate(
         pipeline, ACME_KEY, {"request_id": request_id, "name": "groundedness", "score_value": 0.25}
     )
@@ -226,3 +233,50 @@ def test_the_demo_judge_shows_the_worse_model_and_a_backend_turning_bad_is_alert
     }
     assert rates["gpt-4o-mini"] == 0.0
     assert rates["claude-sonnet-4"] > 0.3
+
+
+def _readme_block(containing: str) -> str:
+    """The README's bash block that contains ``containing``, exactly as written."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    (block,) = [b for b in blocks if containing in b]
+    return block
+
+
+def test_the_readmes_evaluation_and_quality_commands_work_as_written(pipeline: Pipeline) -> None:
+    client = openai.OpenAI(base_url=f"{pipeline.gateway_url}/v1", api_key=GLOBEX_KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    env = {
+        **os.environ,
+        "GATEWAY": pipeline.gateway_url,
+        "KEY": GLOBEX_KEY,
+        "REQUEST_ID": raw.headers["x-tollgate-request-id"],
+        "REPORTING": pipeline.reporting_url,
+        "REPORTING_KEY": str(pipeline.env["TOLLGATE_REPORTING_ADMIN_KEY"]),
+    }
+
+    posted = subprocess.run(
+        ["bash", "-c", _readme_block("/v1/evaluations")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert json.loads(posted.stdout)["request_id"] == env["REQUEST_ID"]
+
+    def quality() -> list[dict[str, object]]:
+        out = subprocess.run(
+            ["bash", "-c", _readme_block("/v1/quality?")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return json.loads(out.stdout)["rows"]
+
+    _wait(lambda: any(row["evaluated_calls"] for row in quality()), what="the quality rows")
+    assert {"model", "label_rate", "coverage", "cost_per_good_answer"} <= set(quality()[0])
