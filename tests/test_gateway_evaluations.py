@@ -15,9 +15,11 @@ import openai
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from gateway.app import EVALUATIONS
 from gateway.request_ids import RequestIds, load_key
 from tests.conftest import Providers
 from tests.gateway_world import ACME_KEY, GLOBEX_KEY, GatewayWorld, routes_for, start_gateway
+from tests.own_broker import kill, own_settings, start_own_broker, wait_until
 from tollgate.contract import EvaluationEvent, decode
 from tollgate.ids import uuid7
 from tollgate.kafka import consumer_options
@@ -252,3 +254,36 @@ def test_a_request_id_binds_its_tenant_and_nothing_else(tmp_path: Path) -> None:
     assert not other_key.belongs_to(issued[0], "acme")
     assert RequestIds(load_key(None, tmp_path / "k")).belongs_to(issued[0], "acme")
     assert (tmp_path / "k").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.timeout(60)
+async def test_evaluations_posted_while_the_broker_is_down_arrive_when_it_is_back(
+    kafka_settings: KafkaSettings, own_broker_port: int, providers: Providers, tmp_path: Path
+) -> None:
+    kafka = own_settings(kafka_settings, own_broker_port)
+    topics = kafka.topics()
+    address = kafka.bootstrap_servers or ""
+    first = await start_own_broker(own_broker_port, kafka, topics)
+    routes = routes_for([providers.primary.base_url], providers.claude.base_url)
+    world = await asyncio.to_thread(
+        start_gateway, kafka, address, topics, routes, tmp_path / "spool", read=False
+    )
+    stats = world.server.call(lambda: world.server.app[EVALUATIONS].emitter.stats)
+    try:
+        request_id = await asyncio.to_thread(call, world)
+        kill(first)
+        posted = []
+        for score in range(20):  # the broker is away: every one is still taken
+            body = {"request_id": request_id, "name": "groundedness", "score_value": score / 20}
+            answer = await asyncio.to_thread(evaluate, world, body)
+            assert answer.status_code == 201
+            posted.append(answer.json()["id"])
+        await wait_until(lambda: stats.spooled >= 1, timeout_s=20)
+        await start_own_broker(own_broker_port, kafka, topics)  # empty: Tansu keeps nothing
+        await wait_until(lambda: stats.emitted == 20, timeout_s=30)
+        assert (stats.spool_bytes, stats.dropped) == (0, 0)
+    finally:
+        await asyncio.to_thread(world.stop)
+
+    found = await asyncio.to_thread(read_evaluations, kafka, address, topics, 20)
+    assert sorted(str(e.evaluation_id) for e in found) == sorted(posted)
