@@ -90,12 +90,13 @@ class EvaluationDesk:
             raise UnsupportedMediaType(
                 f"expected Content-Type application/json, got {request.content_type!r}"
             )
+        too_large = PayloadTooLarge(f"request body is over the {self.max_body_bytes}-byte limit")
         try:
-            raw = await request.read()
+            raw = await request.read()  # the app's client_max_size bounds it
         except web.HTTPRequestEntityTooLarge:
-            raw = b"x" * (self.max_body_bytes + 1)
+            raise too_large from None
         if len(raw) > self.max_body_bytes:
-            raise PayloadTooLarge(f"request body is over the {self.max_body_bytes}-byte limit")
+            raise too_large
         try:
             body = _json_decode(raw)
         except msgspec.DecodeError as error:

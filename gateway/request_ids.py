@@ -61,7 +61,7 @@ class RequestIds:
 
     def _mac(self, ms: int, random_bits: int, tenant: str) -> int:
         message = ms.to_bytes(6, "big") + random_bits.to_bytes(7, "big") + tenant.encode()
-        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        digest = hmac.digest(self._key, message, "sha256")  # OpenSSL's one-shot: no object
         return int.from_bytes(digest[:3], "big")
 
 

@@ -175,6 +175,8 @@ def test_another_tenants_request_id_is_refused(
         ({"request_id": "REQ", "name": "x", "score_value": True}, "score_value"),
         ({"request_id": "REQ", "name": "", "score_value": 1}, "name"),
         ({"request_id": "REQ", "name": "x", "score_label": "y" * 300}, "score_label"),
+        ({"request_id": "REQ", "name": "n" * 257, "score_value": 1}, "name"),
+        ({"request_id": "REQ", "name": "x", "score_value": 1, "explanation": 7}, "explanation"),
         ({"request_id": "REQ", "name": "x", "score_value": 1, "prompt": "hi"}, "prompt"),
     ],
 )
