@@ -8,6 +8,10 @@ Views (always defined, also over an empty or partly written lake):
 - ``usage``: the same rows without the money columns: who, what, tokens, outcome.
 - ``alerts``: ``ALERTS_SCHEMA`` rows.
 - ``budget_state``: ``BUDGET_STATE_SCHEMA`` rows: every state published.
+- ``evaluations``: ``EVALUATIONS_SCHEMA`` rows: quality signals about calls.
+- ``evaluated_usage``: each evaluation (``evaluation_name``, ``score_value``,
+  ``score_label``, ``explanation``, ``evaluator``, ``evaluated_at``) beside every
+  ``priced_usage`` column of the call it judges (same ``event_id`` and tenant).
 - ``prices``: the price catalog, one row per ``price_version`` with its per-token rates
   (``input_usd``, ``output_usd``, ``cache_read_usd``, ``cache_creation_usd``,
   ``cache_creation_1h_usd``, ``reasoning_usd``, ``per_request_usd``; base rates, not
@@ -47,7 +51,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from analytics import queries
+from analytics import quality_queries, queries
 from analytics.lake_files import LiveFiles
 from analytics.lake_views import VIEWS, create_tables, define_view
 from analytics.query_parts import QUERY_ERROR
@@ -107,6 +111,8 @@ class Lake:
     budget_burn = _asks(queries.budget_burn)
     budget_status = _asks(queries.budget_status)
     recent_alerts = _asks(queries.recent_alerts)
+    quality = _asks(quality_queries.quality)
+    latency = _asks(quality_queries.latency)
 
     def frame(self, query: Query, *, limit: int | None = None, offset: int = 0) -> pd.DataFrame:
         """Run ``query`` into a DataFrame (money as float64, for plotting)."""

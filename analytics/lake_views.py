@@ -19,12 +19,26 @@ import duckdb
 import pyarrow as pa
 
 from analytics.query_parts import sql_text
-from tollgate.lake import ALERTS, BUDGET_STATE, MONEY, PRICED, SCHEMAS
+from tollgate.lake import ALERTS, BUDGET_STATE, EVALUATIONS, MONEY, PRICED, SCHEMAS
 from tollgate.pricing.catalog import PriceCatalog
 from tollgate.pricing.model_price import ModelPrice
 
-VIEWS = {PRICED: "priced_usage", ALERTS: "alerts", BUDGET_STATE: "budget_state"}
-"""Sub-lake directory → the view over its files."""
+VIEWS = {
+    PRICED: "priced_usage",
+    ALERTS: "alerts",
+    BUDGET_STATE: "budget_state",
+    EVALUATIONS: "evaluations",
+}
+"""Sub-lake directory → the view over its files (``priced`` first: the join views read it)."""
+EVALUATED_USAGE = (
+    "CREATE OR REPLACE VIEW evaluated_usage AS SELECT e.evaluation_id, "
+    "e.name AS evaluation_name, e.score_value, e.score_label, e.explanation, e.evaluator, "
+    "e.time AS evaluated_at, e.api_key_id AS evaluated_by, p.* "
+    "FROM evaluations e JOIN priced_usage p "
+    "ON p.event_id = e.event_id AND p.tenant IS NOT DISTINCT FROM e.tenant"
+)
+"""One row per evaluation, beside every column of the priced call it judges. The tenant
+is part of the join: an evaluation never reaches another tenant's call."""
 MONEY_COLUMNS = (
     "input_cost_usd",
     "cache_read_cost_usd",
@@ -81,6 +95,8 @@ def define_view(
         )
     else:
         connection.execute(f"CREATE OR REPLACE VIEW {view} AS {rows}")
+    if sub_lake == EVALUATIONS:
+        connection.execute(EVALUATED_USAGE)
 
 
 def price_table(catalog: PriceCatalog) -> pa.Table:

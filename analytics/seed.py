@@ -2,7 +2,9 @@
 
 ``seed_lake`` writes ``events`` priced events over ``days`` days into a lake directory,
 laid out as the sink lays it out, plus the budget states and alerts the stream would have
-published for them. Tenants of Zipf-like sizes with teams, users and keys call models of
+published for them, and a judge's evaluations of a sample of the answers
+(``analytics.seed_evaluations``: one model hallucinates noticeably more).
+Tenants of Zipf-like sizes with teams, users and keys call models of
 OpenAI, Azure OpenAI and Anthropic, priced with the real catalog; traffic follows the day
 and the week; a few percent of calls fail or are refused. Incidents are planted for the
 dashboard to find: one key's expensive hour (a cost anomaly), a new key that spends fast
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from analytics.seed_evaluations import seed_evaluations
 from analytics.seed_events import DAY_US, Chunk, Outage, SeedPricing, build_chunk, usd
 from analytics.seed_history import (
     HOUR_US,
@@ -39,6 +42,7 @@ from tollgate.contract import Alert, BudgetState, Dimension
 from tollgate.lake import (
     ALERTS,
     BUDGET_STATE,
+    EVALUATIONS,
     PRICED,
     alerts_to_table,
     partition_date,
@@ -190,6 +194,9 @@ def seed_lake(
         if alert is not None:
             alerts.append(alert)
     files += _write_by_day(path, ALERTS, alerts, seed)
+    files += seed_evaluations(
+        sorted(path.glob(f"{PRICED}/date=*/seed-{seed}-*.parquet")), path, seed
+    )
     files += _write_by_day(path, BUDGET_STATE, history.states, seed)
     return SeedSummary(
         path=path,
@@ -323,7 +330,7 @@ def _write_by_day(
 
 
 def _remove_earlier_seed(path: Path, seed: int) -> None:
-    for sub_lake in (PRICED, ALERTS, BUDGET_STATE):
+    for sub_lake in (PRICED, ALERTS, BUDGET_STATE, EVALUATIONS):
         for old in (path / sub_lake).glob(f"date=*/seed-{seed}-*.parquet"):
             old.unlink()
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from gateway.auth import Authenticator
 from gateway.bedrock import BedrockBackends
@@ -29,7 +30,10 @@ from gateway.endpoints import (
     guess_dialect,
     guess_operation,
 )
-from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.errors import Dialect, GatewayError, MethodNotAllowed, NotFound
+from gateway.evaluations import PATH as EVALUATIONS_PATH
+from gateway.evaluations import EvaluationDesk
+from gateway.latency_metrics import LatencyMetrics
 from gateway.metrics import GatewayMetrics
 from gateway.model_api import (
     count_tokens_handler,
@@ -39,6 +43,7 @@ from gateway.model_api import (
 from gateway.model_list import ModelDirectory
 from gateway.proxy import Proxy
 from gateway.rate_limit import RateLimiter
+from gateway.request_ids import RequestIds, load_key
 from gateway.routes import RoutesConfig
 from gateway.routing import Router
 from gateway.spend import SpendEstimator
@@ -53,6 +58,7 @@ PROXY = web.AppKey("proxy", Proxy)
 FEED = web.AppKey("feed", BudgetFeed)
 DRAIN = web.AppKey("drain", Drain)
 ANNOUNCER = web.AppKey("announcer", ClaimsAnnouncer)
+EVALUATIONS = web.AppKey("evaluations", EvaluationDesk)
 
 EMITTER_STOP_S = 3.0
 """At stop, how long the emitter may keep shipping; what is left waits in its log."""
@@ -73,6 +79,7 @@ def create_app(parts: GatewayParts) -> web.Application:
     topics = settings.kafka.topics()
     app = web.Application(client_max_size=settings.gateway.max_body_bytes + 1)
     metrics = GatewayMetrics()
+    metrics.also_observe(LatencyMetrics(metrics.registry, parts.routes).observe)
     emitter = UsageEmitter(
         settings.kafka,
         parts.bootstrap_servers,
@@ -117,6 +124,12 @@ def create_app(parts: GatewayParts) -> web.Application:
         instance_id,
         gateway.budget_share_period_s,
     )
+    request_ids = RequestIds(
+        load_key(
+            _secret(settings.gateway.request_id_key),
+            settings.gateway.effective_request_id_key_file,
+        )
+    )
     proxy = Proxy(
         settings=settings.gateway,
         routes=parts.routes,
@@ -130,8 +143,28 @@ def create_app(parts: GatewayParts) -> web.Application:
         upstream=UpstreamClient(),
         spend=SpendEstimator(load_catalog(settings.stream.price_catalog)),
         bedrock=BedrockBackends.from_routes(parts.routes, parts.secrets),
+        request_ids=request_ids,
+    )
+    evaluations = EvaluationDesk(
+        proxy.authenticator,
+        request_ids,
+        UsageEmitter(
+            settings.kafka,
+            parts.bootstrap_servers,
+            topics.evaluations,
+            Spool(
+                settings.gateway.spool_dir.with_name(
+                    settings.gateway.spool_dir.name + "-evaluations"
+                ),
+                max_bytes=settings.gateway.spool_max_bytes,
+                retain_s=settings.gateway.spool_retain_s,
+            ),
+            stop_timeout_s=EMITTER_STOP_S,
+        ),
+        max_body_bytes=settings.gateway.max_body_bytes,
     )
     app[PROXY] = proxy
+    app[EVALUATIONS] = evaluations
     app[FEED] = feed
     app[DRAIN] = drain = Drain()
     app[ANNOUNCER] = announcer
@@ -145,6 +178,7 @@ def create_app(parts: GatewayParts) -> web.Application:
     for path in MODEL_PATHS:
         app.router.add_get(path, retrieve_model_handler(proxy, directory))
     app.router.add_post("/v1/messages/count_tokens", count_tokens_handler(proxy))
+    app.router.add_post(EVALUATIONS_PATH, drain.guard(evaluations.handle, Dialect.OPENAI))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics_handler(metrics))
@@ -154,13 +188,15 @@ def create_app(parts: GatewayParts) -> web.Application:
 
 
 async def _lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
-    proxy, feed = app[PROXY], app[FEED]
+    proxy, feed, evaluations = app[PROXY], app[FEED], app[EVALUATIONS]
     await proxy.emitter.start()
+    await evaluations.emitter.start()
     await feed.start()
     await app[ANNOUNCER].start()
     yield
     await app[ANNOUNCER].stop()
     await feed.stop()
+    await evaluations.emitter.stop()
     await proxy.emitter.stop()
     await proxy.upstream.close()
 
@@ -179,13 +215,17 @@ async def _no_such_endpoint(request: web.Request) -> web.Response:
     with valid credentials gets a usage event for it, like any other call."""
     path = request.path
     dialect = guess_dialect(path, "anthropic-version" in request.headers)
-    known = path in AI_ENDPOINTS or path in MODEL_LIST_PATHS
+    known = path in AI_ENDPOINTS or path in MODEL_LIST_PATHS or path == EVALUATIONS_PATH
     error: GatewayError = (
         MethodNotAllowed(f"{request.method} is not allowed on {path}")
         if known
         else NotFound(f"unknown endpoint {request.method} {path}")
     )
     return await request.app[PROXY].refuse_unrouted(request, error, guess_operation(path), dialect)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
 
 
 async def _healthz(request: web.Request) -> web.Response:

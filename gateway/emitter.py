@@ -45,7 +45,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from gateway.spool import Spool, SpoolCursor
-from tollgate.contract import REJECTED_STATUSES, UsageEvent, encode
+from tollgate.contract import REJECTED_STATUSES, EvaluationEvent, UsageEvent, encode
 from tollgate.kafka import (
     client_options,
     idempotence_refused,
@@ -159,7 +159,7 @@ class UsageEmitter:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def emit(self, event: UsageEvent) -> asyncio.Event:
+    def emit(self, event: UsageEvent | EvaluationEvent) -> asyncio.Event:
         """Queue one event for the log. O(1); never blocks, never raises.
 
         Returns an event that is set once the record is on disk (or dropped, and logged):
@@ -168,7 +168,7 @@ class UsageEmitter:
         try:
             key = (event.tenant or "").encode()
             record = _KEY_LENGTH.pack(len(key)) + key + encode(event)
-            refused = event.status in REJECTED_STATUSES
+            refused = isinstance(event, UsageEvent) and event.status in REJECTED_STATUSES
             if self._stopped:
                 self._write_after_stop(record, refused, str(event.event_id))
                 return _SET

@@ -262,3 +262,13 @@ def stream_error_event(error: GatewayError, dialect: Dialect) -> bytes:
     if dialect is Dialect.ANTHROPIC:
         return f"event: error\ndata: {data}\n\n".encode()
     return f"data: {data}\n\n".encode()
+
+
+class RequestNotFound(GatewayError):
+    """An evaluation names a request id that is no call of the caller's tenant."""
+
+    http_status = 404
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+    code = "request_not_found"
+    status = Status.REJECTED_INVALID

@@ -17,6 +17,7 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._observers: list[Callable[[UsageEvent], None]] = []
         r = self.registry
         self.requests = Counter(
             "tollgate_gateway_requests", "AI calls by outcome", ["operation", "status"], registry=r
@@ -53,6 +54,10 @@ class GatewayMetrics:
             registry=r,
         )
 
+    def also_observe(self, observe: Callable[[UsageEvent], None]) -> None:
+        """Have ``observe`` see every call's event too (figures kept in another module)."""
+        self._observers.append(observe)
+
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: the lookup is on every call's path."""
         key = (id(metric), labels)
@@ -80,6 +85,8 @@ class GatewayMetrics:
             model = route_model or UNROUTED_LABEL
             self._child(self.tokens, "input", model).inc(event.input_tokens)
             self._child(self.tokens, "output", model).inc(event.output_tokens)
+        for observe in self._observers:
+            observe(event)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

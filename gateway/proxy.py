@@ -50,6 +50,7 @@ from gateway.header_policy import SecretRedactor
 from gateway.metrics import GatewayMetrics
 from gateway.model_names import MAX_MODEL_NAME, route_key, unknown_model_name
 from gateway.rate_limit import RateLimiter
+from gateway.request_ids import RequestIds
 from gateway.response_headers import LimitHeaders, refusal_headers
 from gateway.routes import BackendConfig, BackendKind, RoutesConfig, model_of_deployment
 from gateway.routing import Router
@@ -101,6 +102,8 @@ class Proxy:
     upstream: UpstreamClient
     spend: SpendEstimator | None = None
     bedrock: BedrockBackends = field(default_factory=lambda: BedrockBackends({}))
+    request_ids: RequestIds | None = None
+    """Binds each call's request id to its tenant, for ``POST /v1/evaluations``."""
     _exact_routes: dict[str, list[BackendConfig]] = field(init=False)
     _urls: dict[tuple[str, str, str], URL] = field(init=False, default_factory=dict)
     _redactor: SecretRedactor = field(init=False)
@@ -141,6 +144,9 @@ class Proxy:
         limits = LimitHeaders(request_id=str(call.event_id))
         try:
             call.principal = await self.authenticator.authenticate(request.headers)
+            if self.request_ids is not None:
+                call.event_id = self.request_ids.issue(call.principal.tenant)
+                limits.request_id = str(call.event_id)
             payload, raw = await self._read_json(request)
             if endpoint is not None:
                 call.upstream_path = endpoint.upstream_path

@@ -6,6 +6,7 @@
               ├────► anomalies (per tenant, in the meter's worker) ──► alerts
               ├────► budget-contributions ──budgets──► budget-state (+ threshold alerts)
               └────► usage.dlq (poison records)
+    priced + evaluations ──quality──► alerts (a model's or backend's bad share rising)
     alerts ──webhooks──► receivers
 
 The meter and the budgets are the hot path: each runs on a consumer of its own, in batches
@@ -26,16 +27,23 @@ import os
 import signal
 
 import faust
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.anomaly import AnomalyConfig, AnomalyDetector
 from stream.budget_definitions import BudgetIndex, load_budgets
 from stream.faust_options import faust_options
 from stream.metrics import StreamMetrics
+from stream.quality import QualityConfig, QualityDetector
+from stream.quality_stage import QualityWatch
 from stream.stages import STOP_WAIT_S, Stages
 from stream.webhooks import WebhookSender, load_webhook_targets
 from tollgate.contract import Alert, BudgetDefinition, decode
-from tollgate.kafka import client_options, read_to_high_watermark
+from tollgate.kafka import (
+    client_options,
+    producer_options,
+    read_to_high_watermark,
+    start_producer,
+)
 from tollgate.settings import Settings
 
 log = logging.getLogger("tollgate.stream")
@@ -108,6 +116,46 @@ def build_app(settings: Settings, bootstrap_servers: str) -> faust.App:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    @app.service
+    class WatchQuality(faust.Service):  # type: ignore[misc]
+        """The quality rule (``stream.quality_stage``), on a consumer and producer of its own."""
+
+        task: asyncio.Task[None] | None = None
+
+        async def on_start(self) -> None:
+            self.stopping = asyncio.Event()
+            self.producer = AIOKafkaProducer(**producer_options(kafka, bootstrap_servers))
+            await start_producer(self.producer, kafka, bootstrap_servers)
+            watch = QualityWatch(
+                QualityDetector(
+                    QualityConfig(
+                        bucket_s=settings.stream.quality_bucket_s,
+                        warmup_buckets=settings.stream.quality_warmup_buckets,
+                        min_evaluations=settings.stream.quality_min_evaluations,
+                        min_rise=settings.stream.quality_min_rise,
+                        cooldown_s=settings.stream.anomaly_cooldown_s,
+                    )
+                ),
+                topics,
+                kafka,
+                bootstrap_servers,
+                settings.stream.group_id(kafka.topic_prefix, "quality"),
+                self.producer,
+            )
+            self.task = asyncio.create_task(watch.run(self.stopping), name="quality")
+            self.task.add_done_callback(_crash_on_failure)
+
+        async def on_stop(self) -> None:
+            if self.task is None:  # never started
+                return
+            self.stopping.set()
+            _, pending = await asyncio.wait([self.task], timeout=STOP_WAIT_S)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.producer.stop()
 
     return app
 

@@ -1,5 +1,5 @@
-"""The lake sink: priced events, alerts and budget states from their topics into the
-Parquet lake, each record exactly once.
+"""The lake sink: priced events, alerts, budget states and evaluations from their topics
+into the Parquet lake, each record exactly once.
 
 A plain aiokafka consumer in a consumer group (not Faust: the sink owns its offsets).
 The group shares the partitions out; the *lake* says where each partition resumes, from
@@ -44,7 +44,7 @@ from stream.sink_metrics import SinkMetrics
 from stream.sink_partition import PartitionSink, RangeWrite, Taken
 from stream.sink_rows import DECODERS, ID_COLUMNS
 from tollgate.kafka import consumer_options
-from tollgate.lake import ALERTS, BUDGET_STATE, PRICED
+from tollgate.lake import ALERTS, BUDGET_STATE, EVALUATIONS, PRICED
 from tollgate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class LakeSink:
             topics.priced: PRICED,
             topics.alerts: ALERTS,
             topics.budget_state: BUDGET_STATE,
+            topics.evaluations: EVALUATIONS,
         }
         self.group_id = settings.kafka.topic_prefix + settings.lake.sink_group_id
         self.assigned_at: float | None = None

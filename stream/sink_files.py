@@ -43,6 +43,7 @@ import pyarrow.dataset as ds
 from tollgate.lake import (
     ALERTS,
     BUDGET_STATE,
+    EVALUATIONS,
     PRICED,
     SCHEMAS,
     lake_dates,
@@ -52,7 +53,12 @@ from tollgate.lake import (
 )
 from tollgate.lake_names import PARQUET_SUFFIX, RangeName, live_files
 
-DATE_COLUMNS: dict[str, str] = {PRICED: "end_time", ALERTS: "time", BUDGET_STATE: "as_of_time"}
+DATE_COLUMNS: dict[str, str] = {
+    PRICED: "end_time",
+    ALERTS: "time",
+    BUDGET_STATE: "as_of_time",
+    EVALUATIONS: "time",
+}
 """The instant whose UTC date places a row of each sub-lake (see ``tollgate.lake``)."""
 
 

@@ -11,7 +11,7 @@ contract stays the judge and both paths give the same rows. A record the contrac
 refuses, or whose cost has more decimals than the lake keeps, is rejected: counted and
 logged by the sink, never written.
 
-Alerts and budget states are few; they take the contract's path only. Tombstones (a
+Alerts, budget states and evaluations are few; they take the contract's path only. Tombstones (a
 ``None`` value: a deleted budget subject on the compacted state topic) give no row.
 """
 
@@ -32,6 +32,7 @@ from tollgate.contract import (
     REJECTED_STATUSES,
     Alert,
     BudgetState,
+    EvaluationEvent,
     Operation,
     PricedEvent,
     Status,
@@ -44,11 +45,13 @@ from tollgate.errors import ContractError
 from tollgate.lake import (
     ALERTS,
     BUDGET_STATE,
+    EVALUATIONS,
     INSTANT,
     MONEY,
     PRICED,
     PRICED_SCHEMA,
     alerts_to_table,
+    evaluations_to_table,
     priced_to_table,
     states_to_table,
 )
@@ -323,13 +326,23 @@ def _contract_rows(
     return Rows(to_table(decoded, lineage), rejected)
 
 
+def decode_evaluations(topic: str, partition: int, records: Sequence[SourceRecord]) -> Rows:
+    """The ``EVALUATIONS_SCHEMA`` rows of ``records``."""
+    return _contract_rows(EvaluationEvent, evaluations_to_table, topic, partition, records)
+
+
 DECODERS: dict[str, RowDecoder] = {
     PRICED: decode_priced,
     ALERTS: decode_alerts,
     BUDGET_STATE: decode_states,
+    EVALUATIONS: decode_evaluations,
 }
 """How each sub-lake's topic is read."""
 
-ID_COLUMNS: dict[str, str] = {PRICED: "event_id", ALERTS: "alert_id"}
+ID_COLUMNS: dict[str, str] = {
+    PRICED: "event_id",
+    ALERTS: "alert_id",
+    EVALUATIONS: "evaluation_id",
+}
 """The column copies of one record share, per sub-lake that has one (budget states
 have none: a state published twice is two rows of history)."""

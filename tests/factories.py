@@ -15,6 +15,7 @@ from tollgate.contract import (
     BudgetStatus,
     BudgetWindow,
     Dimension,
+    EvaluationEvent,
     Operation,
     PricedEvent,
     Severity,
@@ -117,3 +118,20 @@ def make_alert(**overrides: Any) -> Alert:
     }
     fields.update(overrides)
     return Alert(**fields)
+
+
+def make_evaluation(call: UsageEvent, **overrides: Any) -> EvaluationEvent:
+    """An evaluation of ``call``, received a minute after it ended."""
+    fields: dict[str, Any] = {
+        "evaluation_id": uuid7(),
+        "event_id": call.event_id,
+        "time": call.end_time + timedelta(minutes=1),
+        "tenant": call.tenant,
+        "api_key_id": call.api_key_id,
+        "name": "hallucination",
+        "score_label": "grounded",
+        "score_value": 0.0,
+        "evaluator": "judge-v1",
+    }
+    fields.update(overrides)
+    return EvaluationEvent(**fields)

@@ -24,6 +24,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 from analytics.seed import SeedSummary, seed_lake
+from analytics.seed_evaluations import WORST_MODEL
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CELL_TIMEOUT_S = 60
@@ -208,3 +209,22 @@ def test_anomaly_review_lists_budgets_over_their_limit(
 
     assert sorted(result["budgets_exceeded"]) == subjects("exceeded") != []
     assert sorted(result["budgets_warning"]) == subjects("warning") != []
+
+
+def test_anomaly_review_puts_quality_beside_cost(
+    anomaly_review: nbformat.NotebookNode, demo_lake: Path
+) -> None:
+    result = summary(anomaly_review)
+    calls = sub_lake(demo_lake, "priced", result["start"], result["end"], "end_time")
+    calls = calls[calls["status"] == "ok"]
+    files = sorted((demo_lake / "evaluations").glob("date=*/*.parquet"))
+    judged = pd.concat([pq.read_table(path).to_pandas() for path in files], ignore_index=True)
+    judged = judged[judged["name"] == "hallucination"]
+    verdicts = judged.groupby("event_id")["score_label"].agg(lambda x: (x == "hallucinated").any())
+    joined = calls.join(verdicts.rename("labelled"), on="event_id").dropna(subset=["labelled"])
+    model = joined["request_model"].fillna(joined["response_model"])
+    rates = joined.groupby(model)["labelled"].mean()
+
+    assert result["quality_label_rate"] == pytest.approx(rates.to_dict(), abs=1e-6)
+    assert result["quality_evaluated_calls"] == joined.groupby(model).size().to_dict()
+    assert result["worst_quality_model"] == WORST_MODEL

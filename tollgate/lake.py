@@ -7,9 +7,10 @@ it; the stream's rebuild and the analytics (DuckDB, pandas) read it. Layout::
     <lake>/priced/date=YYYY-MM-DD/<name>.parquet     one row per priced event
     <lake>/alerts/date=YYYY-MM-DD/<name>.parquet     one row per alert (``ALERTS_SCHEMA``)
     <lake>/budget_state/date=YYYY-MM-DD/<name>.parquet   every budget state published
+    <lake>/evaluations/date=YYYY-MM-DD/<name>.parquet    one row per evaluation of a call
 
 ``date`` is the UTC date of the event's ``end_time`` (the instant budgets count it at; for an
-alert its ``time``, for a budget state its ``as_of_time``), so
+alert or an evaluation its ``time``, for a budget state its ``as_of_time``), so
 a reader asking for a time range opens only the partitions that can hold it, and every
 copy of an event lands in the same partition. A file is written under ``<name>.tmp`` and
 renamed when complete: readers take only names ending in ``.parquet``.
@@ -68,7 +69,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from tollgate.contract import Alert, BudgetState, Dimension, PricedEvent
+from tollgate.contract import Alert, BudgetState, Dimension, EvaluationEvent, PricedEvent
 from tollgate.lake_names import PARQUET_SUFFIX, live_files
 from tollgate.private_files import make_private_dirs, open_private
 
@@ -78,6 +79,8 @@ ALERTS = "alerts"
 """Sub-lake of alerts."""
 BUDGET_STATE = "budget_state"
 """Sub-lake of published budget states: the history of every budget subject."""
+EVALUATIONS = "evaluations"
+"""Sub-lake of evaluations: quality signals about calls, joined to ``priced`` by ``event_id``."""
 
 TMP_SUFFIX = ".tmp"
 """A file still being written; readers never open it."""
@@ -193,10 +196,29 @@ BUDGET_STATE_SCHEMA = pa.schema(
 """One column per ``BudgetState`` field but the internal ``as_of_offsets``; ``tenant`` as in
 ``ALERTS_SCHEMA``."""
 
+EVALUATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("evaluation_id", pa.string(), nullable=False),
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("time", INSTANT, nullable=False),
+        pa.field("tenant", pa.string(), nullable=False),
+        pa.field("api_key_id", pa.string()),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("score_value", pa.float64()),
+        pa.field("score_label", pa.string()),
+        pa.field("explanation", pa.string()),
+        pa.field("evaluator", pa.string()),
+        *_LINEAGE_FIELDS,
+    ],
+    metadata={"tollgate.record": "EvaluationEvent", "tollgate.lake_schema": "1"},
+)
+"""One column per ``EvaluationEvent`` field; ids as canonical UUID text, as in ``priced``."""
+
 SCHEMAS: dict[str, pa.Schema] = {
     PRICED: PRICED_SCHEMA,
     ALERTS: ALERTS_SCHEMA,
     BUDGET_STATE: BUDGET_STATE_SCHEMA,
+    EVALUATIONS: EVALUATIONS_SCHEMA,
 }
 """The schema of each sub-lake."""
 
@@ -326,6 +348,28 @@ def states_to_table(
         for state in states
     ]
     return _rows_to_table(rows, BUDGET_STATE_SCHEMA, lineage)
+
+
+def evaluations_to_table(
+    evaluations: Sequence[EvaluationEvent], lineage: Sequence[tuple[str, int, int]] | None = None
+) -> pa.Table:
+    """The lake rows of ``evaluations``; ``lineage`` as in ``priced_to_table``."""
+    rows = [
+        {
+            "evaluation_id": str(evaluation.evaluation_id),
+            "event_id": str(evaluation.event_id),
+            "time": evaluation.time,
+            "tenant": evaluation.tenant,
+            "api_key_id": evaluation.api_key_id,
+            "name": evaluation.name,
+            "score_value": evaluation.score_value,
+            "score_label": evaluation.score_label,
+            "explanation": evaluation.explanation,
+            "evaluator": evaluation.evaluator,
+        }
+        for evaluation in evaluations
+    ]
+    return _rows_to_table(rows, EVALUATIONS_SCHEMA, lineage)
 
 
 def _scope(scope: Mapping[Dimension, str]) -> list[tuple[str, str]]:

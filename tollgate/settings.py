@@ -182,6 +182,16 @@ class GatewaySettings(Section):
             )
         return self
 
+    request_id_key: SecretStr | None = None
+    """The secret that binds request ids to tenants (``gateway.request_ids``): the same on
+    every instance. Unset: a random key kept in ``request_id_key_file``."""
+    request_id_key_file: Path | None = None
+    """Unset: ``request-id.key`` beside the spool directory."""
+
+    @property
+    def effective_request_id_key_file(self) -> Path:
+        return self.request_id_key_file or self.spool_dir.parent / "request-id.key"
+
 
 class StreamSettings(Section):
     """The stream workers."""
@@ -207,6 +217,15 @@ class StreamSettings(Section):
     """Spend above expectation, in one bucket, needed to raise an anomaly alert."""
     anomaly_cooldown_s: Annotated[float, Field(ge=0)] = 1800
     """After an alert, the same subject and kind stay quiet this long: one incident, one alert."""
+    quality_bucket_s: Annotated[int, Field(gt=0)] = 300
+    """Quality regressions are judged on the share of bad answers per bucket of this many
+    seconds (``stream.quality``); they share ``anomaly_cooldown_s``."""
+    quality_warmup_buckets: Annotated[int, Field(ge=0)] = 6
+    """Judged buckets a model or backend learns from before its share can alert."""
+    quality_min_evaluations: Annotated[int, Field(ge=1)] = 20
+    """Labelled evaluations a bucket needs to be judged."""
+    quality_min_rise: Annotated[float, Field(gt=0, le=1)] = 0.15
+    """The rise of the bad share over its baseline that raises an alert (0.15: 15 points)."""
     web_port: Port = 6066
 
     def group_id(self, topic_prefix: str, stage: str | None = None) -> str:

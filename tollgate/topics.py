@@ -12,6 +12,7 @@ from tollgate.contract import (
     Alert,
     BudgetDefinition,
     BudgetState,
+    EvaluationEvent,
     GatewayClaims,
     PricedEvent,
     Record,
@@ -49,6 +50,9 @@ GATEWAY_CLAIMS = TopicSpec(
 """Each gateway instance's claims on the budgets, a few times a second; every instance
 reads them all from the end (``gateway.budget_shares``)."""
 ALERTS = TopicSpec("tollgate.alerts.v1", Alert)
+EVALUATIONS = TopicSpec("tollgate.evaluations.v1", EvaluationEvent)
+"""Quality signals about calls, keyed by tenant as usage is (so a tenant's calls and their
+evaluations share a partition number)."""
 BUDGET_CONTRIBUTIONS = TopicSpec("tollgate.budget-contributions.v1", None)
 """Internal to the stream: each priced call's share of each budget it falls under, keyed by
 the budget state's key, so that one worker owns each budget subject (a repartition)."""
@@ -68,6 +72,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     BUDGET_STATE,
     GATEWAY_CLAIMS,
     ALERTS,
+    EVALUATIONS,
     BUDGET_CONTRIBUTIONS,
     METER_SEEN_IDS,
     BUDGET_SUBJECTS,
@@ -118,6 +123,10 @@ class Topics:
     @property
     def alerts(self) -> str:
         return self.name(ALERTS)
+
+    @property
+    def evaluations(self) -> str:
+        return self.name(EVALUATIONS)
 
     @property
     def budget_contributions(self) -> str:

@@ -10,6 +10,7 @@
   const PAGE_ROWS = 10000;
   const { integer, compact, usd, percent, localTime, drawSpend, drawBars, drawGauges, drawAlerts } =
     window.TollgateCharts;
+  const { drawQuality } = window.TollgateQuality;
 
   // -- the key ----------------------------------------------------------------------------
 
@@ -89,7 +90,12 @@
     const granularity =
       query.get("granularity") || (span <= 2 * DAY_MS ? "hour" : span <= 120 * DAY_MS ? "day" : "week");
     const tz = query.get("tz") || Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
-    return { start, end, days, granularity, tz, custom: query.has("start") || query.has("end") };
+    const quality = {
+      evaluation: query.get("evaluation") || "hallucination",
+      label: query.get("label") || "hallucinated",
+      score: query.get("score") || "groundedness",
+    };
+    return { start, end, days, granularity, tz, quality, custom: query.has("start") || query.has("end") };
   }
 
   const state = { key: null, range: null, truncated: [] };
@@ -157,7 +163,12 @@
     const budgetsAt = new Date(Math.min(Date.now(), state.range.end - 1)).toISOString();
     document.getElementById("budgets-at").textContent = `at ${localTime(budgetsAt, state.range.tz)}`;
     state.truncated = [];
-    const [series, totals, savings, errors, tenants, keys, models, budgets, alerts] = await Promise.all([
+    const { evaluation, label, score } = state.range.quality;
+    document.getElementById("quality-what").textContent = `${evaluation}: share labelled ${label}`;
+    document.getElementById("quality-rate").textContent = `${label} rate`;
+    document.getElementById("quality-score").textContent = `Mean ${score}`;
+    const [series, totals, savings, errors, tenants, keys, models, budgets, alerts, rates, scores, speeds] =
+      await Promise.all([
       allRows("Spend over time", "spend", { ...range, granularity: state.range.granularity, tz: state.range.tz }),
       allRows("Totals", "spend", range),
       allRows("Cache savings", "cache-savings", range),
@@ -167,6 +178,9 @@
       allRows("Top models", "top", { ...range, by: "model", n: 8 }, 1),
       allRows("Budgets", "budgets", { at: budgetsAt }, 1),
       api("alerts", { ...range, limit: 50 }).then((body) => body.rows),
+      allRows("Quality", "quality", { ...range, evaluation, label, group_by: "model" }),
+      allRows("Mean score", "quality", { ...range, evaluation: score, group_by: "model" }),
+      allRows("Latency", "latency", { ...range, group_by: "model" }),
     ]);
     showTotals(totals, savings, errors);
     showTruncated();
@@ -178,6 +192,7 @@
       ["top-model", (node) => drawBars(node, "model", models)],
       ["budgets", (node) => drawGauges(node, budgets)],
       ["alerts", (node) => drawAlerts(node, alerts, tz)],
+      ["quality", (node) => drawQuality(node, rates, scores, speeds)],
     ];
     for (const [id, draw] of drawn) {
       const node = document.getElementById(id);

@@ -30,6 +30,7 @@ from analytics.reporting.auth import KeyRing
 from analytics.reporting.errors import install_error_handlers
 from analytics.reporting.export_routes import export_router
 from analytics.reporting.metrics import MetricsMiddleware, ReportingMetrics
+from analytics.reporting.quality_routes import router as quality_router
 from analytics.reporting.routes import router
 from tollgate import __version__
 from tollgate.pricing import PriceCatalog
@@ -47,7 +48,8 @@ _DASHBOARD_HEADERS = {
 }
 
 _DESCRIPTION = """\
-Spend, tokens, unit costs, cache savings, errors, budgets and alerts from the Tollgate lake.
+Spend, tokens, unit costs, cache savings, errors, budgets, alerts, quality and latency from
+the Tollgate lake.
 
 Send a reporting key as `Authorization: Bearer <key>` or `x-api-key: <key>`. An admin key
 sees every tenant; a tenant key sees only its tenant's rows, whatever the filters say.
@@ -112,6 +114,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics, mounts=("/dashboard",))
     app.include_router(router)
     app.include_router(export_router)
+    app.include_router(quality_router)
 
     @app.get("/healthz", include_in_schema=True, summary="Whether the lake can be read")
     def healthz() -> JSONResponse:

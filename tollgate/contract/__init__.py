@@ -20,6 +20,7 @@ from tollgate.contract.budgets import (
 )
 from tollgate.contract.claims import GatewayClaims, SubjectClaim
 from tollgate.contract.codec import decode, encode
+from tollgate.contract.evaluations import EvaluationEvent
 from tollgate.contract.priced import PricedEvent, PricedEventV1
 from tollgate.contract.record import Record
 from tollgate.contract.usage import (
@@ -43,6 +44,7 @@ __all__ = [
     "BudgetWindow",
     "CalendarUnit",
     "Dimension",
+    "EvaluationEvent",
     "GatewayClaims",
     "Operation",
     "PricedEvent",

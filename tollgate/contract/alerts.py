@@ -22,6 +22,8 @@ class AlertKind(StrEnum):
     """A key or model never seen before appeared with high spend."""
     UNPRICED_MODEL = "unpriced_model"
     """A model not in the price catalog was priced at the fallback price."""
+    QUALITY_REGRESSION = "quality_regression"
+    """A model's or backend's share of answers judged bad left its learned baseline."""
 
 
 class Severity(StrEnum):

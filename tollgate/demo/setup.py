@@ -69,7 +69,16 @@ BUDGETS = {
 }
 
 
-DEMO_ENTRIES = ("routes.yaml", "budgets.yaml", "spool", "stream", "lake", "logs")
+DEMO_ENTRIES = (
+    "routes.yaml",
+    "budgets.yaml",
+    "spool",
+    "spool-evaluations",
+    "request-id.key",
+    "stream",
+    "lake",
+    "logs",
+)
 """What the demo writes in its directory: all that ``clear_demo`` removes."""
 
 
@@ -126,4 +135,10 @@ def write_demo_config(directory: Path, provider_url: str) -> dict[str, str]:
         "TOLLGATE_STREAM_ANOMALY_WARMUP_BUCKETS": "6",
         "TOLLGATE_STREAM_ANOMALY_MIN_IMPACT_USD": "0.10",
         "TOLLGATE_STREAM_ANOMALY_COOLDOWN_S": "300",
+        # Quality regressions likewise: 10 s buckets of at least 8 judged answers, 30 s of
+        # learning, a rise of 20 points.
+        "TOLLGATE_STREAM_QUALITY_BUCKET_S": "10",
+        "TOLLGATE_STREAM_QUALITY_WARMUP_BUCKETS": "3",
+        "TOLLGATE_STREAM_QUALITY_MIN_EVALUATIONS": "8",
+        "TOLLGATE_STREAM_QUALITY_MIN_RISE": "0.2",
     }
