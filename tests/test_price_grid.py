@@ -98,6 +98,124 @@ EXPECTED = [
     ("anthropic", "claude-haiku-4-5-20251001", "6", "1.175", "0.205", "0.35", "0.29625"),
     ("anthropic", "claude-3-opus", "90", "17.625", "3.075", "5.25", "4.44375"),
     ("anthropic", "claude-3-haiku", "1.5", "0.295", "0.05125", "0.0875", "0.0745"),
+    # AWS Bedrock, on-demand list prices in us-east-1 (Bedrock's pricing page). Bedrock
+    # lists no 1-hour cache-write rate and no long-context tier for these models: 1-hour
+    # writes are billed at the 5-minute write rate, long inputs at the base rates, and a
+    # model without cache rates bills cached tokens as input. Cross-region inference
+    # profiles (us., eu., apac., global.) bill as the model they route to.
+    (
+        "aws.bedrock",
+        "anthropic.claude-opus-4-20250514-v1:0",
+        "90",
+        "16.5",
+        "3.075",
+        "5.25",
+        "4.1625",
+    ),
+    (
+        "aws.bedrock",
+        "anthropic.claude-sonnet-4-20250514-v1:0",
+        "18",
+        "3.3",
+        "0.615",
+        "1.05",
+        "0.8325",
+    ),
+    (
+        "aws.bedrock",
+        "anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "18",
+        "3.3",
+        "0.615",
+        "1.05",
+        "0.8325",
+    ),
+    (
+        "aws.bedrock",
+        "anthropic.claude-3-7-sonnet-20250219-v1:0",
+        "18",
+        "3.3",
+        "0.615",
+        "1.05",
+        "0.8325",
+    ),
+    (
+        "aws.bedrock",
+        "anthropic.claude-3-5-sonnet-20241022-v2:0",
+        "18",
+        "3.3",
+        "0.615",
+        "1.05",
+        "0.8325",
+    ),
+    (
+        "aws.bedrock",
+        "anthropic.claude-3-5-haiku-20241022-v1:0",
+        "4.8",
+        "0.88",
+        "0.164",
+        "0.28",
+        "0.222",
+    ),
+    (
+        "aws.bedrock",
+        "anthropic.claude-3-haiku-20240307-v1:0",
+        "1.5",
+        "0.375",
+        "0.05125",
+        "0.0875",
+        "0.1",
+    ),
+    ("aws.bedrock", "amazon.nova-pro-v1:0", "4", "0.82", "0.1632", "0.272", "0.214"),
+    ("aws.bedrock", "amazon.nova-lite-v1:0", "0.3", "0.0615", "0.01224", "0.0204", "0.01605"),
+    (
+        "aws.bedrock",
+        "amazon.nova-micro-v1:0",
+        "0.175",
+        "0.035875",
+        "0.00714",
+        "0.0119",
+        "0.0093625",
+    ),
+    (
+        "aws.bedrock",
+        "meta.llama3-3-70b-instruct-v1:0",
+        "1.44",
+        "0.792",
+        "0.14472",
+        "0.2232",
+        "0.2304",
+    ),
+    (
+        "aws.bedrock",
+        "meta.llama3-1-8b-instruct-v1:0",
+        "0.44",
+        "0.242",
+        "0.04422",
+        "0.0682",
+        "0.0704",
+    ),
+]
+BEDROCK_PROFILES = {
+    "anthropic.claude-opus-4-20250514-v1:0": ("us", "eu", "apac"),
+    "anthropic.claude-sonnet-4-20250514-v1:0": ("us", "eu", "apac", "global"),
+    "anthropic.claude-sonnet-4-5-20250929-v1:0": ("us", "eu", "apac", "global"),
+    "anthropic.claude-3-7-sonnet-20250219-v1:0": ("us", "eu", "apac"),
+    "anthropic.claude-3-5-sonnet-20241022-v2:0": ("us", "eu", "apac"),
+    "anthropic.claude-3-5-haiku-20241022-v1:0": ("us", "eu", "apac"),
+    "anthropic.claude-3-haiku-20240307-v1:0": ("us", "eu", "apac"),
+    "amazon.nova-pro-v1:0": ("us", "eu", "apac"),
+    "amazon.nova-lite-v1:0": ("us", "eu", "apac"),
+    "amazon.nova-micro-v1:0": ("us", "eu", "apac"),
+    "meta.llama3-3-70b-instruct-v1:0": ("us",),
+    "meta.llama3-1-8b-instruct-v1:0": ("us",),
+}
+"""The cross-region inference profiles Bedrock offers for each model: each bills as the
+model it routes to."""
+EXPECTED += [
+    (provider, f"{prefix}.{model}", *figures)
+    for provider, model, *figures in list(EXPECTED)
+    for prefix in BEDROCK_PROFILES.get(model, ())
 ]
 AT = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
