@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.model_names import unknown_model_name
 from tests.conftest import Providers
 from tests.gateway_world import ACME_KEY, GatewayWorld, routes_for, start_gateway
 from tollgate.contract import Operation, Status, UsageSource
@@ -174,10 +175,11 @@ def test_an_unknown_deployment_is_a_404_with_its_usage_event(
 
     request_id = raised.value.response.headers["x-tollgate-request-id"]
     event = azure_gateway.event_for(request_id)
+    # A name no route knows is the caller's text: stored bounded and hashed, never verbatim.
     assert (event.status, event.http_status, event.request_model) == (
         Status.REJECTED_INVALID,
         404,
-        "no-such-deployment",
+        unknown_model_name("no-such-deployment"),
     )
 
 

@@ -38,7 +38,11 @@ export_router = APIRouter(
 @export_router.get(
     "/focus",
     summary="Costs as FinOps FOCUS 1.2 rows (CSV or Parquet)",
-    responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}},
+    responses={
+        200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}},
+        401: {"description": "No reporting key, or an unknown one."},
+        422: {"description": "A parameter is invalid; `detail` names it."},
+    },
 )
 async def focus(
     request: Request,

@@ -155,7 +155,8 @@ def spend(
         Query(
             max_length=128,
             description="Price the range again under this catalog of `reporting.catalogs_dir`"
-            " (totals per group: `cost_usd`, `list_cost_usd`, `billed_cost_usd`).",
+            " (totals per group: `cost_usd`, `list_cost_usd`, `billed_cost_usd`; not with"
+            " `granularity`).",
         ),
     ] = None,
 ) -> Response:
