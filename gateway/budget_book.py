@@ -342,7 +342,9 @@ class BudgetBook:
 
     def _standing(self, ledger: Ledger, cut: Cut | None, now: datetime) -> Standing:
         state = ledger.state_at(None if cut is None else cut.cut_s)
-        self._forget_covered(ledger, state, now)
+        if self.shares is None:
+            # Shared, the announcement forgets covered calls every period: later is safe.
+            self._forget_covered(ledger, state, now)
         spent_tokens, spent_usd = stream_spend(state, now)
         latest = ledger.latest
         if latest is not state and latest is not None:
