@@ -237,15 +237,13 @@ class BudgetBook:
         ledgers = self._applicable(dimensions)
         if not ledgers:
             return _NOTHING_RESERVED, NO_BUDGET
-        cut, recent = None, []
+        cut = None
         if self.shares is not None:
-            now_s = now.timestamp()
-            cut = self.shares.cut_at(now_s)
-            recent = self.shares.recent(now_s)
+            cut = self.shares.cut_at(now.timestamp())
         refusal: BudgetExceeded | None = None
         standings = []
         for ledger in ledgers:
-            standing = self._standing(ledger, cut, recent, now)
+            standing = self._standing(ledger, cut, now)
             standings.append(standing)
             found = verdict(standing, est_tokens, est_usd, now)
             if found is not None and graver(found, refusal):
@@ -342,11 +340,11 @@ class BudgetBook:
 
     # -- inside -------------------------------------------------------------------------
 
-    def _standing(
-        self, ledger: Ledger, cut: Cut | None, recent: list[Cut], now: datetime
-    ) -> Standing:
+    def _standing(self, ledger: Ledger, cut: Cut | None, now: datetime) -> Standing:
         state = ledger.state_at(None if cut is None else cut.cut_s)
-        self._forget_covered(ledger, state, now)
+        if self.shares is None:
+            # Shared, the announcement forgets covered calls every period: later is safe.
+            self._forget_covered(ledger, state, now)
         spent_tokens, spent_usd = stream_spend(state, now)
         latest = ledger.latest
         if latest is not state and latest is not None:
@@ -396,7 +394,8 @@ class BudgetBook:
         for member in cut.members:
             if member != own:
                 potential[member] = cut.held(key, member)
-        for past in recent:
+        assert self.shares is not None
+        for past in self.shares.recent(now.timestamp()):
             past_state = ledger.state_at(past.cut_s)
             past_tokens, past_usd = stream_spend(past_state, now)
             for member, past_share in past.shares(key).items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -20,12 +21,17 @@ from tests.factories import T0, make_state
 from tollgate.contract import (
     EACH,
     BudgetAction,
+    BudgetDefinition,
     BudgetStatus,
+    BudgetWindow,
+    CalendarUnit,
     Dimension,
+    WindowKind,
     subject_key,
 )
 
 NOW = T0 + timedelta(minutes=1)
+BERLIN = "Europe/Berlin"
 MIDNIGHT = T0.replace(hour=0, minute=0) + timedelta(days=1)
 
 
@@ -350,3 +356,53 @@ def test_headroom_of_a_dollar_budget() -> None:
     assert headroom.remaining_usd == Decimal("5.00")
     assert headroom.remaining_tokens is None
     assert headroom.budget_id == "acme-daily-usd"
+
+
+# -- from the definition alone ---------------------------------------------------------------
+
+
+def defined(**overrides: Any) -> BudgetBook:
+    """A book that knows acme's budget only from its definition: no state at all."""
+    fields: dict[str, Any] = {
+        "budget_id": "acme-day",
+        "scope": {Dimension.TENANT: "acme"},
+        "window": BudgetWindow(kind=WindowKind.CALENDAR, unit=CalendarUnit.DAY, timezone=BERLIN),
+        "limit_tokens": 1_000,
+    }
+    fields.update(overrides)
+    book = BudgetBook(fail_open=True, definitions=[BudgetDefinition(**fields)])
+    book.mark_caught_up()
+    return book
+
+
+def test_a_budget_binds_from_its_definition_before_any_state() -> None:
+    book = defined()
+
+    admit(book, tokens=600)  # in flight: holds 600 of 1,000
+    with pytest.raises(BudgetExceeded) as refused:
+        admit(book, tokens=600)
+
+    assert refused.value.budget_id == "acme-day"
+    assert refused.value.retry_after_s == IN_FLIGHT_RETRY_S
+    admit(book, tokens=400)
+
+
+def test_a_defined_budget_resets_when_the_streams_window_would() -> None:
+    book = defined()
+
+    with pytest.raises(BudgetExceeded) as refused:
+        admit(book, tokens=1_001)
+
+    berlin_midnight = (NOW.astimezone(ZoneInfo(BERLIN)) + timedelta(days=1)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    assert refused.value.retry_after_s == (berlin_midnight - NOW).total_seconds()
+
+
+def test_an_alert_only_definition_never_reserves() -> None:
+    book = defined(action=BudgetAction.ALERT)
+
+    reservation, headroom = admit(book, tokens=5_000)
+
+    assert not reservation.holds_budgets
+    assert headroom == NO_BUDGET

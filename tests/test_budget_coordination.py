@@ -7,6 +7,7 @@ instances' own claims stands between a burst and the limit.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from tests.conftest import Providers
 from tests.gateway_processes import (
@@ -27,7 +29,9 @@ from tests.gateway_processes import (
     write_world,
 )
 from tests.gateway_world import wait_until
-from tollgate.contract import Status, UsageSource
+from tests.stream_world import StreamWorker, worker_env
+from tollgate.contract import BudgetState, Status, UsageSource, decode
+from tollgate.kafka import consumer_options
 from tollgate.settings import KafkaSettings
 from tollgate.topics import Topics
 
@@ -158,6 +162,71 @@ def test_calls_alternating_over_two_instances_are_refused_only_briefly(world: Wo
     assert used <= LIMIT
     assert 40 - len(retry_afters) >= 9  # ~510-token calls, 6,000 tokens
     assert set(retry_afters) == {1}
+
+
+def test_two_gateways_hold_a_budget_while_the_stream_counts_it(world: World) -> None:
+    """With a worker publishing states between the waves: finished calls move from the
+    instances' holdings to the stream's count, and the bound holds across that move."""
+    world.providers.primary.configure(output_tokens=100, latency_ms=300)
+    worker = StreamWorker(
+        worker_env(
+            world.kafka,
+            world.kafka.bootstrap_servers or "",
+            world.directory,
+            TOLLGATE_STREAM_BUDGETS_FILE=str(world.budgets_file),
+        ),
+        world.directory / "worker.log",
+    ).start()
+    try:
+        gateways = world.gateways(2)
+        urls = [gateway.url for gateway in gateways]
+        statuses: list[int] = []
+        deadline = time.monotonic() + 60
+        # A trickle until the worker has joined and published the subject...
+        while not read_states(world.kafka, "fresh-tokens") and time.monotonic() < deadline:
+            statuses += burst(urls, 1, max_tokens=100)
+            time.sleep(0.3)
+        # ...then bursts, while the stream keeps counting what the gateways let through.
+        for _ in range(8):
+            statuses += burst(urls, 6, max_tokens=100)
+            time.sleep(0.7)
+        states = read_states(world.kafka, "fresh-tokens")
+    finally:
+        worker.stop()
+
+    assert len(states) >= 2, "the worker never counted the calls: the test proved nothing"
+    used = world.fresh_tokens_used(len(statuses))
+    assert used <= LIMIT
+    assert statuses.count(429) > 0  # the limit was reached
+    assert statuses.count(200) >= 40  # ~110-token calls against 6,000
+
+
+def read_states(kafka: KafkaSettings, budget_id: str) -> list[BudgetState]:
+    """Every state the stream has published for ``budget_id`` so far."""
+
+    async def read() -> list[BudgetState]:
+        topic = kafka.topics().budget_state
+        consumer = AIOKafkaConsumer(
+            topic, **consumer_options(kafka, kafka.bootstrap_servers or ""), group_id=None
+        )
+        await consumer.start()
+        found: list[BudgetState] = []
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                if not batches:
+                    return found
+                for records in batches.values():
+                    found += [
+                        state
+                        for r in records
+                        if r.value is not None
+                        and (state := decode(r.value, BudgetState)).budget_id == budget_id
+                    ]
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
 
 
 # -- a client that goes away -----------------------------------------------------------------
