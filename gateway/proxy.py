@@ -360,8 +360,11 @@ class Proxy:
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
         try:
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                raw = await request.read()  # the app's client_max_size bounds it
+            if request.content.is_eof():  # arrived with the head, as most do: no timer
+                raw = await request.read()
+            else:
+                async with asyncio.timeout(self.settings.body_timeout_s):
+                    raw = await request.read()  # the app's client_max_size bounds it
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"request body is over the {limit}-byte limit") from None
         except TimeoutError:
