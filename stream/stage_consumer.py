@@ -48,7 +48,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
 
 from stream.broker_loss import LossWatch
-from tollgate.kafka import consumer_options
+from tollgate.kafka import consumer_options, leave_group
 from tollgate.settings import KafkaSettings
 
 log = logging.getLogger("tollgate.stream")
@@ -153,6 +153,7 @@ class StageConsumer:
                         next_tick = time.monotonic() + self._tick_every_s
                         await self._tick(consumer)
         finally:
+            await leave_group(consumer)
             await consumer.stop()
 
     async def _process(self, consumer: AIOKafkaConsumer, records: Records) -> None:

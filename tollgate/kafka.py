@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import BrokerResponseError
+from aiokafka.errors import BrokerResponseError, KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from tollgate.errors import BrokerError
 from tollgate.settings import KafkaSettings
@@ -98,3 +101,22 @@ async def read_to_high_watermark(consumer: AIOKafkaConsumer) -> bool:
         if end is None or await consumer.position(tp) < end:
             return False
     return bool(assigned)
+
+
+LEAVE_TIMEOUT_S = 2.0
+
+
+async def leave_group(consumer: AIOKafkaConsumer) -> None:
+    """Leave ``consumer``'s group now, in its first generation too (call before ``stop``).
+
+    aiokafka leaves a group only past generation 0, which the embedded broker numbers
+    first: a member of it that stops still counts until its session times out, and the
+    next member to join meets one more rebalance. Stages that start again on a new
+    broker stop members of exactly that generation.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or coordinator.generation != 0 or not coordinator.member_id:
+        return
+    request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+    with contextlib.suppress(KafkaError, TimeoutError):
+        await asyncio.wait_for(coordinator._send_req(request), LEAVE_TIMEOUT_S)
