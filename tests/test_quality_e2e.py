@@ -113,7 +113,9 @@ def test_an_sdk_calls_evaluation_reaches_the_lake_and_the_reporting_api(
 ) -> None:
     client = openai.OpenAI(base_url=f"{pipeline.gateway_url}/v1", api_key=ACME_KEY, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Who wrote Hamlet?"}]
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Who wrote Hamlet?"}],
+        max_tokens=64,  # Acme's 3,000-token budget holds a call's cap: keep it small
     )
     request_id = raw.headers["x-tollgate-request-id"]
 
@@ -168,7 +170,7 @@ def test_an_sdk_calls_evaluation_reaches_the_lake_and_the_reporting_api(
 def test_another_tenants_request_id_is_refused(pipeline: Pipeline) -> None:
     client = openai.OpenAI(base_url=f"{pipeline.gateway_url}/v1", api_key=ACME_KEY, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=64
     )
 
     refused = _evaluate(
