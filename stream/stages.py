@@ -5,11 +5,11 @@ Each *run* of the stages starts the way a worker starts: budget states rebuilt f
 lake's events older than the usage topic's history (``stream.rebuild``), the ids of the
 lake's events of the last dedupe window known to the meter, the rebuilt states published
 if the broker keeps none, then one producer shared by a meter consumer and a budgets
-consumer. A run ends when the worker stops, or when a stage
-consumer sees that the broker lost its history (``stream.broker_loss``). Then the next
-run does the same on the new broker, after fencing off what the old producer may still
-deliver, and reads the new usage log from its beginning: what the lake holds of it is
-dropped by id (it was rebuilt), the rest is counted once.
+consumer. A run ends when the worker stops, or when a stage consumer sees that the broker
+lost its history (``stream.broker_loss``). Then the next run does the same on the new
+broker, after fencing off what the old producer may still deliver, and reads the new
+usage log from its beginning: what the lake holds of it is dropped by id (it was
+rebuilt), the rest is counted once.
 
 So, after a loss, what each event counts is decided by one read of the lake: an event
 that ended before the new log's oldest record and is in the lake is in the rebuilt
