@@ -85,11 +85,13 @@ def create_app(parts: GatewayParts) -> web.Application:
         parts.bootstrap_servers,
         topics.usage,
         stop_timeout_s=EMITTER_STOP_S,
+        sync_every_s=settings.gateway.spool_fsync_s,
         spool=Spool(
             settings.gateway.spool_dir,
             max_bytes=settings.gateway.spool_max_bytes,
             retain_s=settings.gateway.spool_retain_s,
             refused_share=settings.gateway.spool_refused_share,
+            synchronous=settings.gateway.spool_fsync_s == 0,
         ),
     )
     gateway = settings.gateway
@@ -158,8 +160,10 @@ def create_app(parts: GatewayParts) -> web.Application:
                 ),
                 max_bytes=settings.gateway.spool_max_bytes,
                 retain_s=settings.gateway.spool_retain_s,
+                synchronous=settings.gateway.spool_fsync_s == 0,
             ),
             stop_timeout_s=EMITTER_STOP_S,
+            sync_every_s=settings.gateway.spool_fsync_s,
         ),
         max_body_bytes=settings.gateway.max_body_bytes,
     )

@@ -121,6 +121,7 @@ class UsageEmitter:
         stop_timeout_s: float = 5.0,
         reconnect_min_s: float = 0.2,
         reconnect_max_s: float = 5.0,
+        sync_every_s: float = 0.1,
     ) -> None:
         self._kafka = kafka
         self._bootstrap_servers = bootstrap_servers
@@ -132,6 +133,7 @@ class UsageEmitter:
         self._stop_timeout_s = stop_timeout_s
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
+        self._sync_every_s = sync_every_s
 
         self.stats = EmitterStats(spool_bytes=spool.size_bytes)
         self._group: list[tuple[bytes, bool, str]] = []
@@ -142,6 +144,7 @@ class UsageEmitter:
         self._cluster: str | None = None
         self._offsets: dict[int, int] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
         self._shipper: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -190,6 +193,8 @@ class UsageEmitter:
         keeps reconnecting with backoff.
         """
         self._writer = asyncio.create_task(self._write_groups(), name="usage-log-writer")
+        if not self._spool.synchronous:
+            self._syncer = asyncio.create_task(self._sync_periodically(), name="usage-log-sync")
         self._producer = await self._connect()
         if self._producer is None:
             log.warning(
@@ -211,6 +216,10 @@ class UsageEmitter:
         self._stopped = True
         if self._group:  # never started
             await self._write_group()
+        if self._syncer is not None:
+            self._syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncer
         if self._shipper is not None:
             self._spool_changed.set()
             try:
@@ -250,10 +259,13 @@ class UsageEmitter:
         group, written = self._group, self._group_written
         self._group, self._group_written = [], asyncio.Event()
         self.stats.queue_depth = 0
+        records, flags = [r for r, _, _ in group], [f for _, f, _ in group]
         try:
-            dropped = await asyncio.to_thread(
-                self._spool.append, [r for r, _, _ in group], [f for _, f, _ in group]
-            )
+            # A write into the page cache, when nothing holds it up, costs less than the
+            # thread hop; anything that may wait on the disk goes to a thread.
+            dropped = self._spool.append_now(records, flags)
+            if dropped is None:
+                dropped = await asyncio.to_thread(self._spool.append, records, flags)
         except Exception:  # a bug: say which events it cost
             log.exception("usage log: the write failed")
             dropped = list(range(len(group)))
@@ -262,6 +274,21 @@ class UsageEmitter:
         self.stats.writes += 1
         self._account(group, dropped)
         self._spool_changed.set()
+
+    async def _sync_periodically(self) -> None:
+        """Put the log's new writes on disk every ``sync_every_s`` (when the spool's appends
+        are not synchronous): a crash of the machine loses at most that much of them; a
+        crash of the gateway's process loses none, written or not yet synced."""
+        synced_writes = self.stats.writes
+        while True:
+            await asyncio.sleep(self._sync_every_s)
+            if self.stats.writes == synced_writes:
+                continue
+            synced_writes = self.stats.writes
+            try:
+                await asyncio.to_thread(self._spool.sync)
+            except OSError as error:
+                log.error("usage log %s: fsync failed (%s)", self._spool.directory, error)
 
     def _write_after_stop(self, record: bytes, refused: bool, event_id: str) -> None:
         # Rare (a call finishing after shutdown): better one blocking fsync than a loss.

@@ -1,6 +1,6 @@
 """The gateway's write-ahead log of usage events: durable, bounded, append-only, on local disk.
 
-Every usage event is appended here (and fsynced) before its call's answer completes; the
+Every usage event is appended here before its call's answer completes; the
 emitter ships the log to the broker from here, and replays it after a restart. The log
 holds opaque records (bytes) and a flag per record saying whether it belongs to a refused
 call; it knows nothing of Kafka.
@@ -17,8 +17,11 @@ On disk, a directory (mode 700) of files (mode 600):
 
 What is guaranteed:
 
-- ``append`` returns only after its records are on disk (``O_DSYNC``): a record it
-  accepted survives a crash of the process or the machine. Records may not be empty.
+- ``append`` returns only after its records are written to the segment file: a record it
+  accepted survives a crash of the process (SIGKILL, OOM). With ``synchronous`` (the
+  default here) they are on disk too (``O_DSYNC``) and survive a crash of the machine;
+  without it they are once ``sync()`` returns, which the emitter calls every
+  ``spool_fsync_s``. Records may not be empty.
 - A write torn by a crash is detected at the tail on reopen (short record or bad CRC) and
   cut off; every record before it is kept.
 - After a restart nothing unacknowledged is missing. The shipped position is not fsynced
@@ -58,6 +61,7 @@ from gateway.spool_segments import (
     REFUSED_BIT,
     create_segment,
     fsync_directory,
+    open_segment,
     scan,
     zero,
     zeros_after,
@@ -66,6 +70,8 @@ from gateway.spool_segments import (
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".seg"
+_RETIRE_CHECK_S = 1.0
+"""How often an append (off the event loop) looks for shipped segments to retire."""
 _ACKED = "acked"
 _ACKED_SAVE_EVERY_S = 0.25
 _READ_MAX_BYTES = 1 << 20
@@ -118,6 +124,7 @@ class Spool:
         warn_ratio: float = 0.8,
         retain_s: float = 0.0,
         refused_share: float = 0.1,
+        synchronous: bool = True,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
@@ -125,6 +132,11 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or min(4 << 20, max(max_bytes // 8, 4096))
         self.retain_s = retain_s
+        self.synchronous = synchronous
+        """Whether each append is on disk when it returns (else at the next ``sync``)."""
+        self._unsynced = False
+        self._retire_due_at = 0.0
+        """When ``append_now`` next leaves an append to ``append``, which retires segments."""
         self._refused_max = int(max_bytes * refused_share)
         self._warn_bytes = int(max_bytes * warn_ratio)
         self._lock = threading.Lock()
@@ -174,6 +186,7 @@ class Spool:
         flags = refused or [False] * len(records)
         with self._lock:
             self._retire_expired()
+            self._retire_due_at = time.time() + _RETIRE_CHECK_S
             kept: list[int] = []
             dropped: list[int] = []
             size = self._size_bytes
@@ -195,6 +208,41 @@ class Spool:
             dropped = sorted(dropped + kept[written:])
             self._check_usage()
             return dropped
+
+    def append_now(self, records: Sequence[bytes], refused: Sequence[bool]) -> list[int] | None:
+        """``append``, if it is only a write into the page cache that nothing holds up: the
+        appends are not synchronous, no other thread holds the log, the open segment has
+        room, and nothing is due to be retired, dropped or warned about. None otherwise:
+        then ``append`` (off the event loop) does it.
+
+        This lets the emitter write on the event loop without a thread hop (which costs more
+        than the write): it never waits on the disk or on another thread.
+        """
+        if self.synchronous or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            last = max(self._segments, default=None)
+            if self._tail is None or last is None or time.time() >= self._retire_due_at:
+                return None
+            framed = sum(HEADER.size + len(record) for record in records)
+            refused_framed = sum(
+                HEADER.size + len(record)
+                for record, flag in zip(records, refused, strict=True)
+                if flag
+            )
+            tail = self._segments[last]
+            if (
+                tail.sealed
+                or tail.end + framed > self.segment_bytes
+                or self._size_bytes + framed >= self._warn_bytes
+                or self._refused_bytes + refused_framed > self._refused_max
+                or self.disk_bytes + framed > self.max_bytes
+            ):
+                return None
+            written = self._write(records, refused)
+            return list(range(written, len(records)))
+        finally:
+            self._lock.release()
 
     def read_batch(self, max_records: int) -> tuple[list[bytes], SpoolCursor]:
         """The oldest records not yet shipped, at most ``max_records``, in append order.
@@ -269,6 +317,13 @@ class Spool:
         """``ack`` then ``read_batch``: one call (one thread hop) per batch shipped."""
         self.ack(cursor, mark)
         return self.read_batch(max_records)
+
+    def sync(self) -> None:
+        """Put what was appended since the last call on disk (a no-op when synchronous)."""
+        with self._lock:
+            if self._unsynced and self._tail is not None:
+                os.fdatasync(self._tail)
+            self._unsynced = False
 
     def close(self) -> None:
         """Save the shipped position, close the open files. The spool stays usable."""
@@ -391,6 +446,7 @@ class Spool:
                 # change, so there is no metadata to journal (several times cheaper than
                 # fsync after an append), and O_DSYNC makes it one system call.
                 os.pwrite(descriptor, b"".join(chunk), segment.end)
+                self._unsynced = not self.synchronous
             except OSError as error:
                 log.error("spool %s: write failed (%s)", self.directory, error)
                 self._undo_write(segment, chunk_bytes)
@@ -413,12 +469,12 @@ class Spool:
             tail = None if last is None else self._segments[last]
             if tail is not None and not tail.sealed and tail.end < self.segment_bytes:
                 if self._tail is None:
-                    self._tail = os.open(tail.path, os.O_RDWR | os.O_DSYNC)
+                    self._tail = open_segment(tail.path, self.synchronous)
                 return tail, self._tail
             self._close_tail()
             number = self._acked.segment if last is None else last + 1
             path = self._path(number)
-            self._tail = create_segment(path, self.segment_bytes)
+            self._tail = create_segment(path, self.segment_bytes, self.synchronous)
             fsync_directory(self.directory)
         except OSError as error:
             log.error("spool %s: cannot open a segment (%s)", self.directory, error)
@@ -437,6 +493,10 @@ class Spool:
 
     def _close_tail(self) -> None:
         if self._tail is not None:
+            if self._unsynced:  # a segment left behind is on disk whole
+                with contextlib.suppress(OSError):
+                    os.fdatasync(self._tail)
+                self._unsynced = False
             os.close(self._tail)
             self._tail = None
 

@@ -52,9 +52,9 @@ def scan(path: Path, start: int = 0, stop: int | None = None) -> Tally:
     return Tally(start + offset, records, refused_bytes)
 
 
-def create_segment(path: Path, size: int) -> int:
+def create_segment(path: Path, size: int, synchronous: bool = True) -> int:
     """A new segment file of ``size`` zero bytes, fsynced; its descriptor, open to write
-    synchronously (``O_DSYNC``: a write returns once its data is on disk)."""
+    (``synchronous``: with ``O_DSYNC``, so that a write returns once its data is on disk)."""
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         zeros = bytes(min(size, 1 << 20))
@@ -63,7 +63,12 @@ def create_segment(path: Path, size: int) -> int:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-    return os.open(path, os.O_RDWR | os.O_DSYNC)
+    return open_segment(path, synchronous)
+
+
+def open_segment(path: Path, synchronous: bool) -> int:
+    """A segment's descriptor to write with (``O_DSYNC`` when ``synchronous``)."""
+    return os.open(path, os.O_RDWR | (os.O_DSYNC if synchronous else 0))
 
 
 def zeros_after(path: Path, end: int) -> bool:

@@ -469,3 +469,54 @@ def test_the_spool_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     assert directory.stat().st_mode & 0o777 == 0o700
     for path in directory.iterdir():
         assert path.stat().st_mode & 0o777 == 0o600, path.name
+
+
+def test_an_unsynchronous_spool_writes_at_once_what_another_opener_reads(tmp_path: Path) -> None:
+    """Without ``synchronous`` an append is a write into the page cache: a process killed
+    right after it loses nothing (the next opener reads it), and ``append_now`` does it on
+    the caller's thread whenever nothing could hold it up."""
+    spool = Spool(tmp_path, synchronous=False)
+    spool.append(records(1))  # opens the first segment
+    assert spool.append_now(records(5, start=1), [False] * 5) == []
+    assert Spool(tmp_path).read_batch(100)[0] == records(6)  # as after a SIGKILL
+    spool.sync()
+    spool.close()
+
+
+def test_append_now_leaves_to_append_what_could_wait_on_the_disk(tmp_path: Path) -> None:
+    synchronous = Spool(tmp_path / "sync")
+    synchronous.append(records(1))
+    assert synchronous.append_now(records(1), [False]) is None  # every write waits on disk
+
+    small = Spool(tmp_path / "small", synchronous=False, segment_bytes=64)
+    small.append(records(1))
+    assert small.append_now(records(10), [False] * 10) is None  # a new segment is due
+    assert small.append(records(10)) == []
+    assert small.pending_records == 11
+
+
+async def test_an_unsynchronous_log_is_synced_every_interval_while_it_is_written(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics, tmp_path: Path
+) -> None:
+    class CountingSpool(Spool):
+        syncs = 0
+
+        def sync(self) -> None:
+            CountingSpool.syncs += 1
+            super().sync()
+
+    spool = CountingSpool(tmp_path / "spool", synchronous=False)
+    emitter = UsageEmitter(kafka_settings, broker, topics.usage, spool, sync_every_s=0.05)
+    await emitter.start()
+    try:
+        sent = usage_events(50)
+        for event in sent:
+            await emitter.emit(event).wait()
+        await wait_until(lambda: CountingSpool.syncs >= 1, timeout_s=5)
+        idle_syncs = CountingSpool.syncs
+        await wait_until(lambda: emitter.stats.emitted == len(sent))
+        received = await consume(kafka_settings, broker, topics.usage, len(sent))
+        assert_exactly_once(received, {e.event_id for e in sent})
+    finally:
+        await emitter.stop()
+    assert CountingSpool.syncs - idle_syncs <= 1  # nothing new written, nothing synced

@@ -11,7 +11,11 @@ from pathlib import Path
 import anthropic
 import openai
 
-from tests.gateway_world import ACME_KEY, GatewayWorld
+from gateway.app import PROXY
+from tests.conftest import Providers
+from tests.gateway_world import ACME_KEY, GatewayWorld, routes_for, start_gateway
+from tollgate.settings import KafkaSettings
+from tollgate.topics import Topics
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
@@ -64,3 +68,24 @@ def test_refused_calls_events_are_on_disk_too(gateway: GatewayWorld, tmp_path: P
     except openai.AuthenticationError as error:
         request_id = error.response.headers["x-tollgate-request-id"]
     assert on_disk(tmp_path / "spool", request_id)
+
+
+def test_with_spool_fsync_s_0_every_answers_event_is_fsynced_before_it_completes(
+    kafka_settings: KafkaSettings, broker: str, topics: Topics, providers: Providers, tmp_path: Path
+) -> None:
+    """``TOLLGATE_GATEWAY_SPOOL_FSYNC_S=0``: the log is opened for synchronous writes, so an
+    answer's event is on disk (not only in the page cache) when the client has it."""
+    routes = routes_for([providers.primary.base_url], providers.claude.base_url)
+    world = start_gateway(
+        kafka_settings, broker, topics, routes, tmp_path / "spool", spool_fsync_s=0
+    )
+    try:
+        assert world.server.call(lambda: world.server.app[PROXY].emitter._spool.synchronous)
+        client = openai.OpenAI(base_url=f"{world.url}/v1", api_key=ACME_KEY, max_retries=0)
+        for _ in range(5):
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=MESSAGES
+            )
+            assert on_disk(tmp_path / "spool", raw.headers["x-tollgate-request-id"])
+    finally:
+        world.stop()

@@ -129,7 +129,7 @@ class GatewaySettings(Section):
     routes_file: Path | None = None
     """YAML file with models, backends, API keys and JWT settings."""
     spool_dir: Path = Path("var/spool")
-    """The write-ahead log of usage events: each is fsynced here before its call's answer
+    """The write-ahead log of usage events: each is written here before its call's answer
     completes, shipped to the broker from here, and kept a while after (mode 700/600)."""
     spool_max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
     """Bound on events not yet shipped (events kept after shipping give way first)."""
@@ -137,6 +137,11 @@ class GatewaySettings(Section):
     """How long shipped events are kept, to be shipped again to a broker that lost them."""
     spool_refused_share: Annotated[float, Field(gt=0, le=1)] = 0.1
     """Share of ``spool_max_bytes`` that refused calls' events may take."""
+    spool_fsync_s: Annotated[float, Field(ge=0, le=10)] = 0.1
+    """How often the log's new writes are fsynced. Every event is written to the log before
+    its answer completes, so a crash of the gateway's process (SIGKILL, OOM) loses none;
+    a crash of the machine loses at most this much of them. 0: each group of events is
+    fsynced before its answers complete (nothing lost to a power cut; costs throughput)."""
     max_body_bytes: Annotated[int, Field(gt=0)] = 4 << 20
     budget_fail_open: bool = True
     """Before the budget state has been read once: allow calls (open) or refuse (closed)."""
